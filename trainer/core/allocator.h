@@ -1,0 +1,165 @@
+// The tracked allocator — design note.
+//
+// Every byte of device memory (and every large host buffer standing in for it) comes from
+// an Allocator, tagged with a MemCategory. The allocator keeps current and peak bytes per
+// category, total allocated and reserved bytes, the per-category breakdown at the moment
+// of the total peak (and the phase label set at that moment), and optionally a timeline.
+//
+// Policy (one implementation, shared by every device — this is what makes the meta
+// device exact):
+//   * Sizes are rounded up to kAlignment (512 B).
+//   * Requests <= kSmallSize (1 MiB) are served from the small pool, carved out of
+//     kSmallSegment (2 MiB) segments; larger ones from the large pool, whose segments are
+//     kLargeSegment (20 MiB) for requests < 10 MiB and the request rounded up to 2 MiB
+//     otherwise. (The same shape as PyTorch's CUDACachingAllocator.)
+//   * Best fit within a pool (smallest free block that fits, lowest address on ties);
+//     a block is split when the remainder is >= kAlignment (small pool) or > kSmallSize
+//     (large pool); freed blocks coalesce with free neighbours in the same segment.
+//   * Segments are never returned to the source while in use; empty_cache() returns the
+//     wholly free ones. When a new segment would exceed the capacity, the allocator first
+//     empties its cache and retries, then throws an out-of-memory Error that names the
+//     requested, free, reserved and allocated bytes and the category that asked.
+// Segment sources: CPU maps real memory from the OS (MAP_POPULATE, so "reserved" is
+// memory the process really holds); meta hands out fake addresses and touches nothing;
+// CUDA (later) uses cudaMalloc. Only the source differs between devices.
+//
+// Invariants: allocated <= reserved <= capacity; sum over categories == allocated.
+// Thread-safe (one mutex); allocation is not on any hot inner loop.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "trainer/core/device.h"
+
+namespace lmtune {
+
+enum class MemCategory : uint8_t { weights, trainable, grads, optimizer, activations, workspace, comm, quant };
+inline constexpr int kNumMemCategories = 8;
+const char* mem_category_name(MemCategory c);
+
+struct Stat {
+  int64_t current = 0;
+  int64_t peak = 0;
+  void add(int64_t delta) {
+    current += delta;
+    if (current > peak) peak = current;
+  }
+};
+
+struct MemoryStats {
+  std::array<Stat, kNumMemCategories> category{};  // allocated (rounded) bytes per category
+  Stat allocated;                                  // sum over categories
+  Stat reserved;                                   // bytes held from the segment source
+  std::array<int64_t, kNumMemCategories> at_peak{};  // per-category bytes when `allocated` peaked
+  std::string peak_phase;                            // phase label when `allocated` peaked
+  int64_t num_allocs = 0;
+  int64_t num_segments = 0;
+  int64_t num_ooms = 0;
+  const Stat& of(MemCategory c) const { return category[static_cast<int>(c)]; }
+};
+
+struct TimelineEvent {
+  int64_t seq;          // allocation/free counter
+  MemCategory category;
+  int64_t delta;        // +bytes on allocate, -bytes on free
+  int64_t allocated;    // total allocated after the event
+  std::string phase;
+};
+
+// Where segments come from. map() returns an address (real or fake) or 0 on failure.
+class SegmentSource {
+ public:
+  virtual ~SegmentSource() = default;
+  virtual uintptr_t map(size_t bytes) = 0;
+  virtual void unmap(uintptr_t addr, size_t bytes) = 0;
+  virtual Device device() const = 0;
+};
+
+std::unique_ptr<SegmentSource> make_os_segment_source();    // CPU: real memory from the OS
+std::unique_ptr<SegmentSource> make_fake_segment_source();  // meta: fake addresses
+
+// A handle to one allocation; the owner (Storage) gives it back with Allocator::free.
+struct Block {
+  uintptr_t addr = 0;
+  size_t size = 0;  // rounded size
+  MemCategory category = MemCategory::workspace;
+};
+
+class Allocator {
+ public:
+  static constexpr size_t kAlignment = 512;
+  static constexpr size_t kSmallSize = 1 << 20;
+  static constexpr size_t kSmallSegment = 2 << 20;
+  static constexpr size_t kLargeSegment = 20 << 20;
+  static constexpr size_t kMinLargeAlloc = 10 << 20;
+  static constexpr size_t kRoundLarge = 2 << 20;
+  static constexpr int64_t kUnlimited = INT64_MAX;
+
+  explicit Allocator(std::unique_ptr<SegmentSource> source, int64_t capacity = kUnlimited);
+  ~Allocator();
+  Allocator(const Allocator&) = delete;
+  Allocator& operator=(const Allocator&) = delete;
+
+  // A CPU allocator (real memory) or a meta allocator (same policy, fake addresses).
+  static std::unique_ptr<Allocator> create(Device device, int64_t capacity = kUnlimited);
+
+  Block allocate(size_t bytes, MemCategory category);
+  void free(const Block& block);
+  void empty_cache();  // return wholly free segments to the source
+
+  Device device() const { return device_; }
+  int64_t capacity() const { return capacity_; }
+  MemoryStats stats() const;
+  void reset_peaks();  // peaks := current values
+  // A label for "where in the step we are" (e.g. "forward layer 3"); recorded at the peak.
+  void set_phase(std::string phase);
+  void enable_timeline(bool on);
+  std::vector<TimelineEvent> timeline() const;
+
+  static size_t round_size(size_t bytes);
+  static size_t segment_size(size_t rounded);
+
+ private:
+  struct FreeKey {
+    size_t size;
+    uintptr_t addr;
+    bool operator<(const FreeKey& o) const { return size != o.size ? size < o.size : addr < o.addr; }
+  };
+  struct Chunk {  // a block inside a segment, free or in use
+    uintptr_t addr;
+    size_t size;
+    uintptr_t segment;
+    bool small;
+    bool free;
+  };
+  struct Segment {
+    size_t size;
+    bool small;
+  };
+
+  void record(MemCategory c, int64_t delta);
+  bool grow(size_t rounded, bool small);
+  void release_segment(uintptr_t addr);
+  void release_free_segments();
+
+  std::unique_ptr<SegmentSource> source_;
+  Device device_;
+  int64_t capacity_;
+  mutable std::mutex mu_;
+  std::map<uintptr_t, Chunk> chunks_;  // every chunk by address (for coalescing)
+  std::set<FreeKey> free_small_, free_large_;
+  std::map<uintptr_t, Segment> segments_;
+  MemoryStats stats_;
+  std::string phase_;
+  bool timeline_on_ = false;
+  std::vector<TimelineEvent> timeline_;
+};
+
+}  // namespace lmtune
