@@ -1,0 +1,243 @@
+// `lmtune`: one binary, one verb per job. Library code throws lmtune::Error; this file is
+// the only place that catches it and turns it into a message and an exit code
+// (0 ok, 1 error, 2 usage error).
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <sstream>
+
+#include "kernels/ops.h"
+#include "launch/args.h"
+#include "trainer/core/error.h"
+#include "trainer/core/strings.h"
+#include "trainer/data/tokenizer.h"
+#include "trainer/io/llama2c.h"
+#include "trainer/loop/inference.h"
+#include "trainer/model/llama.h"
+
+namespace lmtune::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Where a command's output goes: the real run prints, the meta run (the prediction) is silent.
+enum class Output { print, silent };
+
+const std::vector<OptionSpec> kCommon = {
+    {"threads", true, "CPU threads for the kernels (default: all cores)"},
+    {"memory-report", false, "at exit, print peak memory per category, measured and as a meta-device run predicted"},
+    {"help", false, "show this help"},
+};
+
+std::vector<OptionSpec> with_common(std::vector<OptionSpec> spec) {
+  spec.insert(spec.end(), kCommon.begin(), kCommon.end());
+  return spec;
+}
+
+std::string read_text_file(const fs::path& p) {
+  LMTUNE_CHECK(fs::is_regular_file(p), "text file '", p.string(), "' does not exist");
+  std::ifstream f(p, std::ios::binary);
+  LMTUNE_CHECK(f.good(), "cannot open '", p.string(), "'");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+fs::path model_dir_arg(const std::string& s) {
+  const fs::path dir(s);
+  LMTUNE_CHECK(fs::is_directory(dir), "model directory '", s, "' does not exist");
+  return dir;
+}
+
+// ---- generate --------------------------------------------------------------------------
+const std::vector<OptionSpec> kGenerateOptions = with_common({
+    {"prompt", true, "text to continue (required)"},
+    {"max-new-tokens", true, "tokens to generate (default 64)"},
+    {"temperature", true, "sampling temperature; 0 is greedy (default 1.0)"},
+    {"top-p", true, "nucleus sampling threshold in (0, 1] (default 1.0)"},
+    {"seed", true, "sampling seed (default 0)"},
+});
+
+void run_generate(const Args& args, Allocator& alloc, Output out) {
+  args.expect_positional({"MODEL_DIR"});
+  const fs::path dir = model_dir_arg(args.positional()[0]);
+  const auto prompt = args.get("prompt");
+  LMTUNE_CHECK(prompt.has_value(), "'lmtune generate' needs --prompt TEXT");
+  SamplingOptions opts;
+  opts.max_new_tokens = args.get_int("max-new-tokens", 64);
+  opts.temperature = static_cast<float>(args.get_double("temperature", 1.0));
+  opts.top_p = static_cast<float>(args.get_double("top-p", 1.0));
+  opts.seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const Tokenizer tok = Tokenizer::from_model_dir(dir);
+  auto model = LlamaModel::load(dir, alloc);
+  const std::vector<int32_t> ids = tok.encode(*prompt, AddBos::yes);
+  if (out == Output::print) {
+    std::cout << *prompt << std::flush;
+  }
+  int32_t prev = ids.back();
+  generate(*model, ids, opts, [&](int32_t id) {
+    if (out == Output::print) std::cout << tok.decode_token(prev, id) << std::flush;
+    prev = id;
+  });
+  if (out == Output::print) std::cout << "\n";
+}
+
+// ---- perplexity ------------------------------------------------------------------------
+const std::vector<OptionSpec> kPerplexityOptions = with_common({
+    {"text-file", true, "the text to score (required)"},
+    {"seq-len", true, "window length in tokens (default: the model's max_position_embeddings)"},
+});
+
+void run_perplexity(const Args& args, Allocator& alloc, Output out) {
+  args.expect_positional({"MODEL_DIR"});
+  const fs::path dir = model_dir_arg(args.positional()[0]);
+  const auto file = args.get("text-file");
+  LMTUNE_CHECK(file.has_value(), "'lmtune perplexity' needs --text-file FILE");
+  const std::string text = read_text_file(*file);
+  const Tokenizer tok = Tokenizer::from_model_dir(dir);
+  auto model = LlamaModel::load(dir, alloc);
+  const int64_t seq_len = args.get_int("seq-len", model->config().max_position_embeddings);
+  const PerplexityResult r = perplexity(*model, tok.encode(text, AddBos::yes), seq_len);
+  if (out == Output::print) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "nll=%.6f ppl=%.4f tokens=%lld", r.nll, r.ppl, static_cast<long long>(r.tokens));
+    std::cout << buf << "\n";
+  }
+}
+
+// ---- import ----------------------------------------------------------------------------
+const std::vector<OptionSpec> kImportOptions = with_common({});
+
+void run_import(const Args& args, Allocator&, Output out) {
+  const auto& pos = args.positional();
+  LMTUNE_CHECK(!pos.empty(), "'lmtune import' needs a format: lmtune import llama2c MODEL.bin TOKENIZER.bin OUT_DIR");
+  LMTUNE_CHECK(pos[0] == "llama2c", "unknown import format '", pos[0], "' (supported: llama2c)");
+  LMTUNE_CHECK(pos.size() == 4, "usage: lmtune import llama2c MODEL.bin TOKENIZER.bin OUT_DIR (got ", pos.size() - 1,
+               " arguments after the format)");
+  if (out == Output::silent) return;  // import streams files; it holds no tracked memory
+  import_llama2c(pos[1], pos[2], pos[3]);
+  std::cout << "wrote HF model directory " << pos[3] << "\n";
+}
+
+// ---- the memory report -----------------------------------------------------------------
+int64_t process_peak_rss() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+void print_memory_report(const MemoryStats& m, const MemoryStats& p, Device device) {
+  auto row = [](const std::string& name, int64_t a, int64_t b) {
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "  %-12s %14lld %14lld   %10s %s\n", name.c_str(), static_cast<long long>(a),
+                  static_cast<long long>(b), format_bytes(a).c_str(), a == b ? "exact" : "DIFFERS");
+    std::cerr << buf;
+  };
+  std::cerr << "memory report (" << device.str() << "; bytes; 'predicted' is a meta-device run of the same command)\n";
+  char head[200];
+  std::snprintf(head, sizeof head, "  %-12s %14s %14s\n", "peak", "measured", "predicted");
+  std::cerr << head;
+  bool exact = true;
+  for (int c = 0; c < kNumMemCategories; ++c) {
+    row(mem_category_name(static_cast<MemCategory>(c)), m.category[c].peak, p.category[c].peak);
+    exact = exact && m.category[c].peak == p.category[c].peak;
+  }
+  row("allocated", m.allocated.peak, p.allocated.peak);
+  row("reserved", m.reserved.peak, p.reserved.peak);
+  exact = exact && m.allocated.peak == p.allocated.peak && m.reserved.peak == p.reserved.peak;
+  std::cerr << "  peak happened at: '" << m.peak_phase << "' (predicted: '" << p.peak_phase << "')\n";
+  std::cerr << "  process peak RSS: " << process_peak_rss() << " (" << format_bytes(process_peak_rss()) << ")\n";
+  std::cerr << "  prediction: " << (exact ? "exact" : "differs") << "\n";
+}
+
+// ---- dispatch --------------------------------------------------------------------------
+struct Verb {
+  std::string name;
+  std::string usage;
+  const std::vector<OptionSpec>* options;
+  std::function<void(const Args&, Allocator&, Output)> run;
+};
+
+const std::vector<Verb>& verbs() {
+  static const std::vector<Verb> v = {
+      {"import", "lmtune import llama2c MODEL.bin TOKENIZER.bin OUT_DIR", &kImportOptions, run_import},
+      {"generate", "lmtune generate MODEL_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]",
+       &kGenerateOptions, run_generate},
+      {"perplexity", "lmtune perplexity MODEL_DIR --text-file FILE [--seq-len T]", &kPerplexityOptions,
+       run_perplexity},
+  };
+  return v;
+}
+
+void print_help(std::ostream& os) {
+  os << "lmtune — fine-tune LLaMA-family models\n\nusage:\n";
+  for (const auto& v : verbs()) os << "  " << v.usage << "\n";
+  os << "\ncommon options: --threads N, --memory-report, --help\n";
+}
+
+void print_verb_help(const Verb& v) {
+  std::cout << "usage: " << v.usage << "\n\noptions:\n";
+  for (const auto& o : *v.options) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "  --%-16s %s\n", (o.name + (o.takes_value ? " X" : "")).c_str(), o.help.c_str());
+    std::cout << buf;
+  }
+}
+
+int run(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
+    print_help(argc < 2 ? std::cerr : std::cout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  const Verb* verb = nullptr;
+  std::vector<std::string> names;
+  for (const auto& v : verbs()) {
+    names.push_back(v.name);
+    if (v.name == name) verb = &v;
+  }
+  if (verb == nullptr) {
+    const std::string near = closest_match(name, names);
+    std::cerr << "lmtune: error: unknown command '" << name << "'"
+              << (near.empty() ? std::string() : " (did you mean '" + near + "'?)") << "; see 'lmtune --help'\n";
+    return 2;
+  }
+  const Args args(name, std::vector<std::string>(argv + 2, argv + argc), *verb->options);
+  if (args.flag("help")) {
+    print_verb_help(*verb);
+    return 0;
+  }
+  ops::set_num_threads(static_cast<int>(args.get_int("threads", 0)));
+  MemoryStats predicted;
+  if (args.flag("memory-report")) {
+    auto meta = Allocator::create(Device::meta());
+    verb->run(args, *meta, Output::silent);
+    predicted = meta->stats();
+  }
+  auto alloc = Allocator::create(Device::cpu());
+  verb->run(args, *alloc, Output::print);
+  if (args.flag("memory-report")) print_memory_report(alloc->stats(), predicted, alloc->device());
+  return 0;
+}
+
+}  // namespace
+}  // namespace lmtune::cli
+
+int main(int argc, char** argv) {
+  try {
+    return lmtune::cli::run(argc, argv);
+  } catch (const lmtune::Error& e) {
+    std::cout.flush();
+    if (e.kind() == lmtune::ErrorKind::internal) std::cerr << "lmtune: " << e.describe() << "\n";
+    else std::cerr << "lmtune: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cout.flush();
+    std::cerr << "lmtune: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

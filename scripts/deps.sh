@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what lmtune needs to build and test, from Debian's packages. Quick when
+# everything is already there.
+set -euo pipefail
+pkgs=(cmake ninja-build g++ pkg-config libeigen3-dev libyaml-cpp-dev libopenmpi-dev openmpi-bin
+      nlohmann-json3-dev libopenblas-dev libgtest-dev python3-torch python3-numpy openssl npm)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  sudo_cmd=""
+  [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

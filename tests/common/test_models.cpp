@@ -1,0 +1,80 @@
+#include "common/test_models.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <vector>
+
+#include "trainer/io/llama2c.h"
+
+namespace lmtune::testing {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::vector<fs::path>& cleanup_list() {
+  static std::vector<fs::path> dirs;
+  static const bool registered = [] {
+    std::atexit([] {
+      std::error_code ec;
+      for (const auto& d : cleanup_list()) fs::remove_all(d, ec);
+    });
+    return true;
+  }();
+  (void)registered;
+  return dirs;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+fs::path temp_dir(const std::string& prefix) {
+  std::string templ = (fs::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  char* made = mkdtemp(templ.data());
+  if (made == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
+  cleanup_list().push_back(made);
+  return made;
+}
+
+fs::path stories15m_llama2c_dir() {
+  const fs::path d = fs::path(LMTUNE_MODELS_DIR) / "stories15M";
+  if (fs::exists(d / "model.bin") && fs::exists(d / "tokenizer.bin")) return d;
+  return {};
+}
+
+fs::path stories15m_hf_dir() {
+  static std::once_flag once;
+  static fs::path dir;
+  std::call_once(once, [] {
+    const fs::path src = stories15m_llama2c_dir();
+    if (src.empty()) return;
+    const fs::path out = temp_dir("lmtune-stories15M") / "hf";
+    import_llama2c(src / "model.bin", src / "tokenizer.bin", out);
+    dir = out;
+  });
+  return dir;
+}
+
+RunResult run_command(const std::string& cmd) {
+  const fs::path d = temp_dir("lmtune-run");
+  const std::string full = cmd + " >" + (d / "out").string() + " 2>" + (d / "err").string();
+  const int status = std::system(full.c_str());
+  RunResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  r.out = slurp(d / "out");
+  r.err = slurp(d / "err");
+  return r;
+}
+
+RunResult run_lmtune(const std::string& args) { return run_command(std::string(LMTUNE_BINARY) + " " + args); }
+
+}  // namespace lmtune::testing
