@@ -1,0 +1,123 @@
+// gguf_llama_cpp_run: loads a GGUF with llama.cpp (the prebuilt CPU libraries that
+// scripts/fetch_llama_cpp.sh puts in models/llama.cpp) and greedily continues a prompt.
+// It is the independent reader of the files trainer/io/gguf.cpp writes; the GGUF tests
+// compile it against models/llama.cpp/include (the headers of the same llama.cpp commit as
+// the libraries) and run it as a subprocess.
+//
+//   gguf_llama_cpp_run MODEL.gguf LIB_DIR N_PREDICT PROMPT [FORCED_IDS]
+//
+// The prompt is tokenized by llama.cpp's own tokenizer with BOS added. Without FORCED_IDS it
+// decodes N_PREDICT tokens greedily (argmax; ties -> lowest id) on the CPU. With FORCED_IDS
+// (comma-separated, N_PREDICT of them) it feeds those tokens instead of its own choices
+// (teacher forcing) and still reports its argmax at every step — the per-step top-1
+// agreement of two models on the same context. Output, one item per line:
+//   prompt_ids: 1 9038 2501 263 931
+//   ids: 29892 727 ...          (argmax at each step)
+//   text: , there was ...       (the pieces of `ids`, concatenated)
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "llama.h"
+#include "ggml-backend.h"
+
+namespace {
+
+void quiet_log(enum ggml_log_level level, const char* text, void*) {
+  if (level == GGML_LOG_LEVEL_ERROR) std::fputs(text, stderr);
+}
+
+[[noreturn]] void fail(const std::string& msg) {
+  std::fprintf(stderr, "gguf_llama_cpp_run: %s\n", msg.c_str());
+  std::exit(1);
+}
+
+std::string piece_of(const llama_vocab* vocab, llama_token id) {
+  char buf[256];
+  const int n = llama_token_to_piece(vocab, id, buf, sizeof buf, 0, /*special=*/false);
+  if (n < 0) fail("token_to_piece failed for id " + std::to_string(id));
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 5 && argc != 6) {
+    std::fprintf(stderr, "usage: %s MODEL.gguf LIB_DIR N_PREDICT PROMPT [FORCED_IDS]\n", argv[0]);
+    return 2;
+  }
+  const char* model_path = argv[1];
+  const char* lib_dir = argv[2];
+  const int n_predict = std::atoi(argv[3]);
+  const std::string prompt = argv[4];
+  std::vector<llama_token> forced;
+  if (argc == 6) {
+    const char* p = argv[5];
+    while (*p != '\0') {
+      char* end = nullptr;
+      forced.push_back(static_cast<llama_token>(std::strtol(p, &end, 10)));
+      if (end == p) fail("bad FORCED_IDS");
+      p = (*end == ',') ? end + 1 : end;
+    }
+    if (static_cast<int>(forced.size()) != n_predict) fail("FORCED_IDS must hold N_PREDICT ids");
+  }
+
+  llama_log_set(quiet_log, nullptr);
+  ggml_backend_load_all_from_path(lib_dir);  // the CPU backend variant that fits this CPU
+  llama_backend_init();
+
+  llama_model_params mp = llama_model_default_params();
+  mp.n_gpu_layers = 0;
+  llama_model* model = llama_model_load_from_file(model_path, mp);
+  if (model == nullptr) fail(std::string("llama.cpp could not load ") + model_path);
+  const llama_vocab* vocab = llama_model_get_vocab(model);
+
+  const int n_prompt_max = static_cast<int>(prompt.size()) + 8;
+  std::vector<llama_token> tokens(static_cast<size_t>(n_prompt_max));
+  const int n_prompt = llama_tokenize(vocab, prompt.data(), static_cast<int32_t>(prompt.size()), tokens.data(),
+                                      n_prompt_max, /*add_special=*/true, /*parse_special=*/false);
+  if (n_prompt <= 0) fail("tokenize failed");
+  tokens.resize(static_cast<size_t>(n_prompt));
+
+  llama_context_params cp = llama_context_default_params();
+  cp.n_ctx = static_cast<uint32_t>(n_prompt + n_predict + 8);
+  cp.n_batch = cp.n_ctx;
+  cp.n_ubatch = cp.n_ctx;
+  cp.n_threads = 1;  // a 15M model needs no more; spinning threads on a busy machine cost more
+  cp.n_threads_batch = 1;
+  cp.no_perf = true;
+  llama_context* ctx = llama_init_from_model(model, cp);
+  if (ctx == nullptr) fail("could not create a llama.cpp context");
+
+  std::printf("prompt_ids:");
+  for (llama_token t : tokens) std::printf(" %d", t);
+  std::printf("\n");
+
+  const int n_vocab = llama_vocab_n_tokens(vocab);
+  std::vector<llama_token> out;
+  std::string text;
+  std::vector<llama_token> next = tokens;
+  for (int step = 0; step < n_predict; ++step) {
+    llama_batch batch = llama_batch_get_one(next.data(), static_cast<int32_t>(next.size()));
+    if (llama_decode(ctx, batch) != 0) fail("llama_decode failed at step " + std::to_string(step));
+    const float* logits = llama_get_logits_ith(ctx, -1);
+    if (logits == nullptr) fail("no logits");
+    llama_token best = 0;
+    for (llama_token t = 1; t < n_vocab; ++t) {
+      if (logits[t] > logits[best]) best = t;
+    }
+    out.push_back(best);
+    text += piece_of(vocab, best);
+    next.assign(1, forced.empty() ? best : forced[static_cast<size_t>(step)]);
+  }
+  std::printf("ids:");
+  for (llama_token t : out) std::printf(" %d", t);
+  std::printf("\ntext: %s\n", text.c_str());
+
+  llama_free(ctx);
+  llama_model_free(model);
+  llama_backend_free();
+  return 0;
+}
