@@ -16,7 +16,10 @@
 #include "trainer/core/strings.h"
 #include "trainer/data/tokenizer.h"
 #include "trainer/io/llama2c.h"
+#include "trainer/loop/export.h"
 #include "trainer/loop/inference.h"
+#include "trainer/loop/train_config.h"
+#include "trainer/loop/trainer.h"
 #include "trainer/model/llama.h"
 
 namespace lmtune::cli {
@@ -123,6 +126,54 @@ void run_import(const Args& args, Allocator&, Output out) {
   std::cout << "wrote HF model directory " << pos[3] << "\n";
 }
 
+// ---- train -----------------------------------------------------------------------------
+const std::vector<OptionSpec> kTrainOptions = with_common({
+    {"quiet", false, "print nothing but errors"},
+});
+
+// The config file and its overrides: the first positional is the file, the rest key=value.
+TrainConfig train_config_from(const Args& args) {
+  const auto& pos = args.positional();
+  LMTUNE_CHECK(!pos.empty(), "usage: lmtune train CONFIG.yaml [key.sub=value ...]");
+  for (size_t i = 1; i < pos.size(); ++i)
+    LMTUNE_CHECK(pos[i].find('=') != std::string::npos, "'", pos[i],
+                 "' is not an override; overrides look like train.lr=1e-4 (the dotted key of the config, '=', a value)");
+  return load_train_config(pos[0], std::vector<std::string>(pos.begin() + 1, pos.end()));
+}
+
+void run_train(const Args& args, Allocator& alloc, Output out) {
+  TrainConfig cfg = train_config_from(args);
+  if (args.get("threads")) cfg.train.threads = args.get_int("threads", 0);
+  if (out == Output::silent) return;  // the prediction is made by predict_train_step_memory
+  const Progress progress = args.flag("quiet") ? Progress::quiet : Progress::auto_detect;
+  const TrainSummary s = train(cfg, alloc, progress, std::cerr);
+  if (progress != Progress::quiet) {
+    std::cerr << "done: " << s.steps << " steps, last loss " << s.last_loss;
+    if (s.validation_loss) std::cerr << ", validation loss " << *s.validation_loss;
+    std::cerr << "\nrun directory: " << s.run_dir.string() << "\nlast checkpoint: " << s.last_checkpoint.string()
+              << "\n";
+  }
+}
+
+// ---- export ----------------------------------------------------------------------------
+const std::vector<OptionSpec> kExportOptions = with_common({
+    {"format", true, "hf (merged weights), peft (adapter) or gguf (required)"},
+    {"out", true, "output directory (hf, peft) or file (gguf) (required)"},
+    {"dtype", true, "f32 | f16 | bf16 for hf and peft; f32 | f16 | bf16 | q8_0 for gguf (default f32)"},
+});
+
+void run_export(const Args& args, Allocator&, Output out) {
+  args.expect_positional({"RUN_DIR"});
+  const auto format = args.get("format");
+  const auto dest = args.get("out");
+  LMTUNE_CHECK(format.has_value(), "'lmtune export' needs --format hf|peft|gguf");
+  LMTUNE_CHECK(dest.has_value(), "'lmtune export' needs --out PATH");
+  const ExportFormat f = parse_export_format(*format);
+  if (out == Output::silent) return;
+  export_run(args.positional()[0], f, *dest, args.get_string("dtype", "f32"));
+  std::cout << "exported " << *format << " to " << *dest << "\n";
+}
+
 // ---- the memory report -----------------------------------------------------------------
 int64_t process_peak_rss() {
   rusage u{};
@@ -130,14 +181,14 @@ int64_t process_peak_rss() {
   return static_cast<int64_t>(u.ru_maxrss) * 1024;
 }
 
-void print_memory_report(const MemoryStats& m, const MemoryStats& p, Device device) {
+void print_memory_report(const MemoryStats& m, const MemoryStats& p, Device device, const char* what) {
   auto row = [](const std::string& name, int64_t a, int64_t b) {
     char buf[200];
     std::snprintf(buf, sizeof buf, "  %-12s %14lld %14lld   %10s %s\n", name.c_str(), static_cast<long long>(a),
                   static_cast<long long>(b), format_bytes(a).c_str(), a == b ? "exact" : "DIFFERS");
     std::cerr << buf;
   };
-  std::cerr << "memory report (" << device.str() << "; bytes; 'predicted' is a meta-device run of the same command)\n";
+  std::cerr << "memory report (" << device.str() << "; bytes; 'predicted' is a meta-device run of " << what << ")\n";
   char head[200];
   std::snprintf(head, sizeof head, "  %-12s %14s %14s\n", "peak", "measured", "predicted");
   std::cerr << head;
@@ -169,6 +220,9 @@ const std::vector<Verb>& verbs() {
        &kGenerateOptions, run_generate},
       {"perplexity", "lmtune perplexity MODEL_DIR --text-file FILE [--seq-len T]", &kPerplexityOptions,
        run_perplexity},
+      {"train", "lmtune train CONFIG.yaml [key.sub=value ...]", &kTrainOptions, run_train},
+      {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0]", &kExportOptions,
+       run_export},
   };
   return v;
 }
@@ -212,15 +266,22 @@ int run(int argc, char** argv) {
     return 0;
   }
   ops::set_num_threads(static_cast<int>(args.get_int("threads", 0)));
+  const bool training = verb->name == "train";
   MemoryStats predicted;
   if (args.flag("memory-report")) {
-    auto meta = Allocator::create(Device::meta());
-    verb->run(args, *meta, Output::silent);
-    predicted = meta->stats();
+    if (training) {
+      predicted = predict_train_step_memory(train_config_from(args));
+    } else {
+      auto meta = Allocator::create(Device::meta());
+      verb->run(args, *meta, Output::silent);
+      predicted = meta->stats();
+    }
   }
   auto alloc = Allocator::create(Device::cpu());
   verb->run(args, *alloc, Output::print);
-  if (args.flag("memory-report")) print_memory_report(alloc->stats(), predicted, alloc->device());
+  if (args.flag("memory-report"))
+    print_memory_report(alloc->stats(), predicted, alloc->device(),
+                        training ? "one training step" : "the same command");
   return 0;
 }
 

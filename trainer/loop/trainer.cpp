@@ -169,7 +169,61 @@ void prepare_run_dir(const TrainConfig& c, bool resuming) {
   fs::create_directories(dir);
 }
 
+// One optimizer step over `micro` (gradient accumulation): returns the mean loss over the
+// step's targets; the gradient norm before clipping goes to *grad_norm_out. A non-finite
+// loss returns before the update.
+double run_step(LlamaModel& model, AdamW& adam, const std::vector<ParamRef>& trainable,
+                const std::vector<Batch>& micro, const TrainConfig& c, int64_t step, double lr, double* grad_norm_out) {
+  Allocator& alloc = model.allocator();
+  model.zero_grads();
+  int64_t n_targets = 0;
+  for (const Batch& b : micro) n_targets += b.num_targets;
+  LMTUNE_ASSERT(n_targets > 0, "a step without training targets");
+  double loss_sum = 0;
+  alloc.set_phase("train step");
+  for (size_t i = 0; i < micro.size(); ++i) {
+    const Batch& b = micro[i];
+    model.set_dropout_seed(mix_seed(c.train.seed, static_cast<uint64_t>(step), i));
+    loss_sum += model
+                    .forward_backward(make_token_tensor(alloc, b.tokens, b.B, b.T),
+                                      make_token_tensor(alloc, b.targets, b.B, b.T),
+                                      static_cast<float>(1.0 / static_cast<double>(n_targets)))
+                    .sum;
+  }
+  const double loss = loss_sum / static_cast<double>(n_targets);
+  if (!alloc.device().is_meta() && !std::isfinite(loss)) return loss;
+  alloc.set_phase("optimizer step");
+  *grad_norm_out = clip_grad_norm(trainable, c.train.max_grad_norm);
+  adam.step(lr);
+  alloc.set_phase("");
+  return loss;
+}
+
+AdamWOptions adam_options(const TrainConfig& c) {
+  return {c.train.adam_beta1, c.train.adam_beta2, c.train.adam_eps, c.train.weight_decay};
+}
+
 }  // namespace
+
+MemoryStats predict_train_step_memory(const TrainConfig& c) {
+  auto alloc = Allocator::create(Device::meta());
+  auto model = build_model(c, *alloc);
+  model->allocate_grads();
+  const std::vector<ParamRef> trainable = model->trainable_parameters();
+  AdamW adam(trainable, *alloc, adam_options(c));
+  const int64_t B = c.train.micro_batch_size, T = c.data.seq_len;
+  std::vector<Batch> micro(static_cast<size_t>(c.train.grad_accum_steps));
+  for (Batch& b : micro) {
+    b.tokens.assign(static_cast<size_t>(B * T), 0);
+    b.targets.assign(static_cast<size_t>(B * T), 0);
+    b.B = B;
+    b.T = T;
+    b.num_targets = B * T;
+  }
+  double gnorm = 0;
+  run_step(*model, adam, trainable, micro, c, 0, c.train.lr, &gnorm);
+  return alloc->stats();
+}
 
 void load_adapter_file(LlamaModel& model, const fs::path& file) {
   const SafeTensorsReader r = SafeTensorsReader::open(file);
@@ -188,7 +242,7 @@ std::unique_ptr<LlamaModel> build_model(const TrainConfig& c, Allocator& alloc) 
   return model;
 }
 
-TrainSummary train(const TrainConfig& c, Progress progress, std::ostream& log) {
+TrainSummary train(const TrainConfig& c, Allocator& allocator, Progress progress, std::ostream& log) {
   using Clock = std::chrono::steady_clock;
   if (progress == Progress::auto_detect) progress = isatty(STDERR_FILENO) ? Progress::bar : Progress::lines;
   ops::set_num_threads(static_cast<int>(c.train.threads));
@@ -216,11 +270,12 @@ TrainSummary train(const TrainConfig& c, Progress progress, std::ostream& log) {
                         : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(*c.train.epochs * steps_per_epoch)));
 
   // Model and optimizer.
-  auto alloc = Allocator::create(Device::cpu());
+  LMTUNE_CHECK(allocator.device().is_cpu(), "training runs on the CPU in this release, not on ", allocator.device().str());
+  Allocator* alloc = &allocator;
   auto model = build_model(c, *alloc);
   model->allocate_grads();
   std::vector<ParamRef> trainable = model->trainable_parameters();
-  AdamW adam(trainable, *alloc, {c.train.adam_beta1, c.train.adam_beta2, c.train.adam_eps, c.train.weight_decay});
+  AdamW adam(trainable, *alloc, adam_options(c));
   ScheduleOptions sched{schedule_kind(c.train.schedule), c.train.lr, c.train.min_lr_ratio, c.train.warmup_steps,
                         total_steps};
   auto named_trainable = [&] {
@@ -285,26 +340,14 @@ TrainSummary train(const TrainConfig& c, Progress progress, std::ostream& log) {
   double tokens_done = 0;
   for (int64_t step = start; step < total_steps; ++step) {
     const auto ts = Clock::now();
-    model->zero_grads();
     std::vector<Batch> micro;
-    int64_t n_targets = 0;
     for (int64_t i = 0; i < accum; ++i) {
       micro.push_back(loader.next());
-      n_targets += micro.back().num_targets;
+      tokens_done += static_cast<double>(micro.back().B * micro.back().T);
     }
-    LMTUNE_ASSERT(n_targets > 0, "a step without training targets");
-    double loss_sum = 0;
-    alloc->set_phase("train step");
-    for (int64_t i = 0; i < accum; ++i) {
-      const Batch& b = micro[i];
-      model->set_dropout_seed(mix_seed(c.train.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(i)));
-      loss_sum += model->forward_backward(make_token_tensor(*alloc, b.tokens, b.B, b.T),
-                                          make_token_tensor(*alloc, b.targets, b.B, b.T),
-                                          static_cast<float>(1.0 / static_cast<double>(n_targets)))
-                      .sum;
-      tokens_done += static_cast<double>(b.B * b.T);
-    }
-    const double loss = loss_sum / static_cast<double>(n_targets);
+    const double lr = learning_rate(sched, step);
+    double gnorm = 0;
+    const double loss = run_step(*model, adam, trainable, micro, c, step, lr, &gnorm);
     if (!std::isfinite(loss)) {
       const auto last = latest_checkpoint(c.output.dir);
       LMTUNE_THROW("the loss became ", loss, " at step ", step + 1,
@@ -312,10 +355,6 @@ TrainSummary train(const TrainConfig& c, Progress progress, std::ostream& log) {
                    "), more train.warmup_steps, or train.max_grad_norm > 0",
                    last ? "; the last good checkpoint is " + last->string() : std::string("; no checkpoint was saved"));
     }
-    const double gnorm = clip_grad_norm(trainable, c.train.max_grad_norm);
-    const double lr = learning_rate(sched, step);
-    adam.step(lr);
-    alloc->set_phase("");
     summary.last_loss = loss;
     const int64_t done = step + 1;
 
@@ -347,7 +386,6 @@ TrainSummary train(const TrainConfig& c, Progress progress, std::ostream& log) {
   if (progress == Progress::bar) log << "\n";
   if (start >= total_steps && progress != Progress::quiet) log << "nothing to do: the run is already at step " << start << "\n";
   summary.steps = total_steps;
-  summary.memory = alloc->stats();
   return summary;
 }
 

@@ -23,13 +23,18 @@ struct TrainSummary {
   std::optional<double> validation_loss;  // at the end, when there is validation data
   std::filesystem::path run_dir;
   std::filesystem::path last_checkpoint;
-  MemoryStats memory;
 };
 
 // What the loop prints: a live progress bar on a terminal, plain lines otherwise.
 enum class Progress { auto_detect, bar, lines, quiet };
 
-TrainSummary train(const TrainConfig& config, Progress progress, std::ostream& log);
+// Trains on `alloc`'s device (CPU for now); its stats are the run's memory.
+TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progress, std::ostream& log);
+
+// The memory of one optimizer step of `config` (model, gradients, optimizer state, and
+// grad_accum_steps micro-batches of (micro_batch_size, seq_len)), predicted by running it
+// on the meta device: no data is read, nothing is computed or written.
+MemoryStats predict_train_step_memory(const TrainConfig& config);
 
 // The model a config describes (base loaded from model.path; LoRA adapters initialised
 // from the seed or lora.init_from), on `alloc`'s device.

@@ -14,7 +14,7 @@ struct LlamaConfig {
   int64_t num_attention_heads = 0;      // Hq
   int64_t num_key_value_heads = 0;      // Hkv (== Hq when absent from config.json)
   int64_t vocab_size = 0;               // V
-  double rms_norm_eps = 1e-5;
+  double rms_norm_eps = 1e-6;            // HF LlamaConfig's default when config.json omits it
   double rope_theta = 10000.0;
   int64_t max_position_embeddings = 2048;
   bool tie_word_embeddings = false;

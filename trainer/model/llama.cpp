@@ -1,6 +1,7 @@
 #include "trainer/model/llama.h"
 
 #include <algorithm>
+#include <set>
 
 #include "kernels/ops.h"
 #include "trainer/io/safetensors.h"
@@ -294,8 +295,21 @@ bool is_adapter_name(std::string_view name) {
 }
 
 void LlamaModel::load_weights(const SafeTensorsReader& reader) {
-  for (ParamRef& p : parameters())
-    if (!is_adapter_name(p.name)) reader.load_into(p.name, p.value);
+  std::set<std::string> wanted;
+  for (ParamRef& p : parameters()) {
+    if (is_adapter_name(p.name)) continue;
+    reader.load_into(p.name, p.value);
+    wanted.insert(p.name);
+  }
+  // Strict, as torch's load_state_dict: a tensor this model would not use means the
+  // checkpoint is of another architecture (an o_proj bias, a model_type we do not know).
+  for (const std::string& name : reader.names()) {
+    if (wanted.count(name) || name.ends_with("rotary_emb.inv_freq")) continue;
+    if (name == "lm_head.weight" && cfg_.tie_word_embeddings) continue;  // some tied checkpoints store it
+    LMTUNE_THROW("'", reader.source().string(), "' holds tensor '", name,
+                 "', which a LLaMA model with this config.json does not have (another architecture, or a "
+                 "config.json that does not match the weights)");
+  }
 }
 
 std::vector<ParamRef> LlamaModel::parameters() {

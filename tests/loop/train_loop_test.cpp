@@ -1,0 +1,211 @@
+// The training loop end to end on a tiny random model: resume is bit-identical to an
+// uninterrupted run (LoRA with dropout, and full fine-tuning), the loss goes down, a
+// diverging run stops with a message naming the step, and exports read back.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/test_models.h"
+#include "trainer/data/tokenizer.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/loop/export.h"
+#include "trainer/loop/train_config.h"
+#include "trainer/loop/trainer.h"
+#include "trainer/model/llama.h"
+
+namespace lmtune {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A 2-layer width-32 model with random weights and stories15M's tokenizer.
+fs::path make_tiny_model(const fs::path& dir) {
+  fs::create_directories(dir);
+  LlamaConfig cfg;
+  cfg.hidden_size = 32;
+  cfg.intermediate_size = 64;
+  cfg.num_hidden_layers = 2;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 2;
+  cfg.vocab_size = 32000;
+  cfg.max_position_embeddings = 64;
+  cfg.tie_word_embeddings = true;
+  save_llama_config(dir / "config.json", cfg);
+  auto alloc = Allocator::create(Device::cpu());
+  LlamaModel model(cfg, *alloc);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n(0.0f, 0.2f);
+  SafeTensorsWriter w;
+  for (ParamRef& p : model.parameters()) {
+    float* d = p.value.data<float>();
+    const bool norm = p.value.dim() == 1;
+    for (int64_t i = 0; i < p.value.numel(); ++i) d[i] = norm ? 1.0f + 0.1f * n(rng) : n(rng);
+    w.add(p.name, p.value);
+  }
+  w.write(dir / "model.safetensors");
+  Tokenizer::from_llama2c(testing::stories15m_llama2c_dir() / "tokenizer.bin").save_hf_json(dir / "tokenizer.json");
+  return dir;
+}
+
+class TrainLoop : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
+    root_ = testing::temp_dir("lmtune-train");
+    model_ = make_tiny_model(root_ / "model");
+    fs::create_directories(root_ / "data");
+    std::ofstream(root_ / "data" / "a.txt")
+        << "Once upon a time there was a little fox who lived in the woods. Every morning the fox ran to the "
+           "river to drink and to look at the fish. One day the fox met a bear, and they became friends.\n";
+    std::ofstream(root_ / "data" / "b.txt")
+        << "The bear and the fox walked together through the forest. They found berries and honey, and they "
+           "shared everything. When winter came, the bear slept and the fox kept watch over the cave.\n";
+  }
+
+  std::string config_yaml(const std::string& method, const fs::path& out) const {
+    std::ostringstream y;
+    y << "model:\n  path: " << model_.string() << "\n"
+      << "method:\n  type: " << method << "\n  lora:\n    rank: 4\n    alpha: 8\n    dropout: 0.1\n"
+      << "    target_modules: all-linear\n"
+      << "data:\n  format: text\n  train_files: [" << (root_ / "data" / "*.txt").string() << "]\n"
+      << "  validation_split: {fraction: 0.5}\n  seq_len: 16\n"
+      << "train:\n  max_steps: 40\n  micro_batch_size: 2\n  grad_accum_steps: 2\n  lr: 0.003\n"
+      << "  warmup_steps: 5\n  schedule: cosine\n  weight_decay: 0.01\n  max_grad_norm: 1.0\n  threads: 2\n"
+      << "  eval_every: 0\n  eval_batches: 2\n  save_every: 20\n  sample_tokens: 0\n  seed: 3\n"
+      << "output:\n  dir: " << out.string() << "\n";
+    return y.str();
+  }
+
+  TrainConfig config(const std::string& method, const fs::path& out, std::vector<std::string> overrides = {}) {
+    const fs::path file = root_ / (method + "-" + out.filename().string() + ".yaml");
+    std::ofstream(file) << config_yaml(method, out);
+    return load_train_config(file, overrides);
+  }
+
+  static TrainSummary run(const TrainConfig& c) {
+    auto alloc = Allocator::create(Device::cpu());
+    std::ostringstream log;
+    return train(c, *alloc, Progress::quiet, log);
+  }
+
+  static std::vector<std::string> losses(const fs::path& run_dir) {
+    std::vector<std::string> out;
+    std::ifstream in(run_dir / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.contains("loss")) out.push_back(std::to_string(j["step"].get<int64_t>()) + ":" + j["loss"].dump());
+    }
+    return out;
+  }
+
+  static std::string tensor_bytes(const fs::path& file) {
+    const SafeTensorsReader r = SafeTensorsReader::open(file);
+    std::string all;
+    for (const auto& name : r.names()) {
+      const SafeTensorInfo& t = r.get(name);
+      all += name;
+      all.append(static_cast<const char*>(t.data), t.nbytes);
+    }
+    return all;
+  }
+
+  void expect_resume_is_exact(const std::string& method) {
+    const fs::path a = root_ / (method + "-a"), b = root_ / (method + "-b");
+    const TrainConfig ca = config(method, a);
+    run(ca);
+    // A second run starts from A's checkpoint-20 (what a run stopped at step 20 left) in a
+    // directory of its own and continues to step 40.
+    fs::create_directories(b);
+    fs::copy(a / "checkpoint-20", b / "checkpoint-20", fs::copy_options::recursive);
+    run(config(method, b, {"train.resume_from=auto"}));
+
+    const auto la = losses(a), lb = losses(b);
+    ASSERT_EQ(la.size(), 40u);
+    ASSERT_EQ(lb.size(), 20u) << "the resumed run logs steps 21..40";
+    for (size_t i = 0; i < 20; ++i) EXPECT_EQ(lb[i], la[20 + i]) << "step " << 21 + i;
+    EXPECT_EQ(tensor_bytes(a / "checkpoint-40" / "trainable.safetensors"),
+              tensor_bytes(b / "checkpoint-40" / "trainable.safetensors"));
+    EXPECT_EQ(tensor_bytes(a / "checkpoint-40" / "optimizer.safetensors"),
+              tensor_bytes(b / "checkpoint-40" / "optimizer.safetensors"));
+    // and the loss went down
+    const double first = std::stod(la.front().substr(la.front().find(':') + 1));
+    const double last = std::stod(la.back().substr(la.back().find(':') + 1));
+    EXPECT_LT(last, first * 0.9) << la.front() << " -> " << la.back();
+  }
+
+  fs::path root_, model_;
+};
+
+TEST_F(TrainLoop, LoraResumeIsBitIdentical) { expect_resume_is_exact("lora"); }
+
+TEST_F(TrainLoop, FullFineTuningResumeIsBitIdentical) { expect_resume_is_exact("full"); }
+
+TEST_F(TrainLoop, DivergingLossStopsWithTheStep) {
+  const fs::path out = root_ / "nan";
+  const TrainConfig c = config("full", out, {"train.lr=1.0e30", "train.max_grad_norm=0", "train.warmup_steps=0"});
+  try {
+    run(c);
+    FAIL() << "expected the run to stop";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("the loss became"), std::string::npos) << m;
+    EXPECT_NE(m.find("at step "), std::string::npos) << m;
+    EXPECT_NE(m.find("train.lr"), std::string::npos) << m;
+  }
+  EXPECT_FALSE(fs::exists(out / "checkpoint-40"));
+}
+
+TEST_F(TrainLoop, ExistingRunIsNotOverwrittenSilently) {
+  const fs::path out = root_ / "twice";
+  run(config("lora", out, {"train.max_steps=2", "train.warmup_steps=0", "train.save_every=0"}));
+  EXPECT_THROW(run(config("lora", out, {"train.max_steps=2", "train.warmup_steps=0"})), Error);
+  EXPECT_NO_THROW(run(config("lora", out, {"train.max_steps=2", "train.warmup_steps=0", "output.overwrite=true"})));
+}
+
+// The PEFT export holds PEFT's names and shapes, and folding it into the base by hand gives
+// the HF export's weights.
+TEST_F(TrainLoop, ExportsAgreeWithEachOther) {
+  const fs::path out = root_ / "exp";
+  run(config("lora", out, {"train.max_steps=4", "train.warmup_steps=0", "train.save_every=0"}));
+  export_run(out, ExportFormat::hf, root_ / "hf", "f32");
+  export_run(out, ExportFormat::peft, root_ / "peft", "f32");
+  const SafeTensorsReader base = SafeTensorsReader::open(model_);
+  const SafeTensorsReader merged = SafeTensorsReader::open(root_ / "hf");
+  const SafeTensorsReader peft = SafeTensorsReader::open(root_ / "peft" / "adapter_model.safetensors");
+  const auto cfg = nlohmann::json::parse(std::ifstream(root_ / "peft" / "adapter_config.json"));
+  EXPECT_EQ(cfg["peft_type"], "LORA");
+  EXPECT_EQ(cfg["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(cfg["r"], 4);
+  EXPECT_EQ(cfg["target_modules"].size(), 7u);
+  const double scale = cfg["lora_alpha"].get<double>() / cfg["r"].get<double>();
+  EXPECT_EQ(peft.size(), 2u * 7u * 2u);  // A and B, 7 modules, 2 layers
+  const std::string mod = "model.layers.1.mlp.down_proj";
+  const SafeTensorInfo& a = peft.get("base_model.model." + mod + ".lora_A.weight");
+  const SafeTensorInfo& b = peft.get("base_model.model." + mod + ".lora_B.weight");
+  ASSERT_EQ(a.shape, (Shape{4, 64}));
+  ASSERT_EQ(b.shape, (Shape{32, 4}));
+  const SafeTensorInfo& w0 = base.get(mod + ".weight");
+  const SafeTensorInfo& w1 = merged.get(mod + ".weight");
+  const auto* A = static_cast<const float*>(a.data);
+  const auto* B = static_cast<const float*>(b.data);
+  const auto* W0 = static_cast<const float*>(w0.data);
+  const auto* W1 = static_cast<const float*>(w1.data);
+  double max_err = 0, max_delta = 0;
+  for (int i = 0; i < 32; ++i)
+    for (int j = 0; j < 64; ++j) {
+      double d = 0;
+      for (int k = 0; k < 4; ++k) d += static_cast<double>(B[i * 4 + k]) * A[k * 64 + j];
+      max_err = std::max(max_err, std::abs(W0[i * 64 + j] + scale * d - W1[i * 64 + j]));
+      max_delta = std::max(max_delta, std::abs(scale * d));
+    }
+  EXPECT_GT(max_delta, 1e-4) << "training must have moved B away from zero";
+  EXPECT_LT(max_err, 1e-6);
+}
+
+}  // namespace
+}  // namespace lmtune
