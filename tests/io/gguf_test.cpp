@@ -691,5 +691,56 @@ TEST(GgufLlamaCpp, TinyGqaModelMatchesLmtune) {
   EXPECT_EQ(r.ids, ours) << "GQA + biases + untied head: llama.cpp and lmtune disagree";
 }
 
+// The path a user takes: fine-tune with LoRA, export merged HF and GGUF with the CLI, and
+// llama.cpp continues the prompt exactly as lmtune does on the merged model (f32, f16), and
+// within the stated tolerance for q8_0.
+TEST(GgufLlamaCpp, FineTunedExportContinuesAsLmtune) {
+  REQUIRE_STORIES();
+  REQUIRE_LLAMA_CPP(runner);
+  const fs::path dir = testing::temp_dir("lmtune-gguf-ft");
+  {
+    std::ofstream text(dir / "sea.txt");
+    for (int i = 0; i < 30; ++i)
+      text << "The old sailor looked at the grey sea and the white whale rose from the waves. The ship turned "
+              "north, and every man on the deck was silent while the captain spoke of the long voyage home.\n";
+  }
+  std::ofstream(dir / "cfg.yaml") << "model: {path: " << hf_dir.string() << "}\n"
+                                  << "method: {type: lora, lora: {rank: 8, alpha: 16, target_modules: all-linear}}\n"
+                                  << "data: {format: text, train_files: [" << (dir / "sea.txt").string()
+                                  << "], seq_len: 64}\n"
+                                  << "train: {max_steps: 8, micro_batch_size: 4, lr: 0.005, eval_every: 0, "
+                                     "sample_tokens: 0, threads: 1}\n"
+                                  << "output: {dir: " << (dir / "run").string() << "}\n";
+  const auto trained = testing::run_lmtune("train " + quote((dir / "cfg.yaml").string()) + " --quiet");
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  const auto hf = testing::run_lmtune("export " + quote((dir / "run").string()) + " --format hf --out " +
+                                      quote((dir / "hf").string()));
+  ASSERT_EQ(hf.exit_code, 0) << hf.err;
+  const Tokenizer tok = Tokenizer::from_model_dir(dir / "hf");
+  const std::vector<int32_t> prompt = tok.encode(kPrompt, AddBos::yes);
+  const std::vector<int32_t> ours = lmtune_greedy(dir / "hf", prompt, kSteps);
+  EXPECT_NE(ours, lmtune_greedy(hf_dir, prompt, kSteps)) << "fine-tuning should change the greedy continuation";
+  std::vector<int32_t> f32_ids;
+  for (const char* type : {"f32", "f16", "q8_0"}) {
+    SCOPED_TRACE(type);
+    const fs::path gguf = dir / (std::string("model-") + type + ".gguf");
+    const auto ex = testing::run_lmtune("export " + quote((dir / "run").string()) + " --format gguf --dtype " + type +
+                                        " --out " + quote(gguf.string()));
+    ASSERT_EQ(ex.exit_code, 0) << ex.err;
+    if (std::string(type) != "q8_0") {
+      const LlamaCppRun r = run_llama_cpp(runner, gguf, kSteps, kPrompt);
+      EXPECT_EQ(r.prompt_ids, prompt);
+      EXPECT_EQ(r.ids, ours) << "llama.cpp and lmtune disagree on the fine-tuned model";
+      if (f32_ids.empty()) f32_ids = r.ids;
+    } else {
+      const LlamaCppRun forced = run_llama_cpp(runner, gguf, kSteps, kPrompt, f32_ids);
+      int agree = 0;
+      for (size_t i = 0; i < forced.ids.size() && i < ours.size(); ++i) agree += forced.ids[i] == ours[i] ? 1 : 0;
+      std::cout << "[ fine-tuned q8_0 ] teacher-forced top-1 agreement " << agree << "/" << kSteps << "\n";
+      EXPECT_GE(agree, kQ8MinAgreement);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lmtune
