@@ -119,7 +119,6 @@ class BadInput : public ::testing::Test {
     const fs::path src = testing::stories15m_llama2c_dir();
     if (src.empty()) GTEST_SKIP() << "stories15M not fetched (its tokenizer is used)";
     dir_ = testing::temp_dir("lmtune-bad") / "model";
-    fs::create_directories(dir_);
     LlamaConfig cfg;
     cfg.hidden_size = 16;
     cfg.intermediate_size = 32;
@@ -129,15 +128,7 @@ class BadInput : public ::testing::Test {
     cfg.vocab_size = 32000;
     cfg.max_position_embeddings = 64;
     cfg.tie_word_embeddings = true;
-    save_llama_config(dir_ / "config.json", cfg);
-    auto alloc = Allocator::create(Device::cpu());
-    LlamaModel model(cfg, *alloc);
-    SafeTensorsWriter w;
-    for (const ParamRef& p : model.parameters())
-      if (p.name != skip_) w.add(p.name, p.name == wrong_shape_ ? p.value.view(0, {p.value.numel() / 2}) : p.value);
-    w.write(dir_ / "model.safetensors");
-    Tokenizer::from_llama2c(src / "tokenizer.bin").save_hf_json(dir_ / "tokenizer.json");
-    ok_ = true;
+    testing::write_random_model(dir_, cfg, 1, skip_, wrong_shape_);
   }
   testing::RunResult generate() {
     return run_lmtune("generate " + q(dir_) + " --prompt 'Once upon a time' --max-new-tokens 3 --temperature 0");
@@ -146,7 +137,6 @@ class BadInput : public ::testing::Test {
 
   fs::path dir_;
   std::string skip_, wrong_shape_;
-  bool ok_ = false;
 };
 
 TEST_F(BadInput, TheValidTinyModelRuns) {

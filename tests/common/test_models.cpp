@@ -9,7 +9,12 @@
 #include <sstream>
 #include <vector>
 
+#include <random>
+
+#include "trainer/data/tokenizer.h"
 #include "trainer/io/llama2c.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/model/llama.h"
 
 namespace lmtune::testing {
 
@@ -62,6 +67,26 @@ fs::path stories15m_hf_dir() {
     dir = out;
   });
   return dir;
+}
+
+void write_random_model(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed, const std::string& skip,
+                        const std::string& halve) {
+  fs::create_directories(dir);
+  save_llama_config(dir / "config.json", cfg);
+  auto alloc = Allocator::create(Device::cpu());
+  LlamaModel model(cfg, *alloc);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::normal_distribution<float> n(0.0f, 0.2f);
+  SafeTensorsWriter w;
+  for (ParamRef& p : model.parameters()) {
+    float* d = p.value.data<float>();
+    const bool norm = p.value.dim() == 1 && p.name.find("norm") != std::string::npos;
+    for (int64_t i = 0; i < p.value.numel(); ++i) d[i] = norm ? 1.0f + 0.1f * n(rng) : n(rng);
+    if (p.name == skip) continue;
+    w.add(p.name, p.name == halve ? p.value.view(0, {p.value.numel() / 2}) : p.value);
+  }
+  w.write(dir / "model.safetensors");
+  Tokenizer::from_llama2c(stories15m_llama2c_dir() / "tokenizer.bin").save_hf_json(dir / "tokenizer.json");
 }
 
 RunResult run_command(const std::string& cmd) {

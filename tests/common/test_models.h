@@ -3,7 +3,10 @@
 #pragma once
 
 #include <filesystem>
+#include <cstdint>
 #include <string>
+
+#include "trainer/model/config.h"
 
 namespace lmtune::testing {
 
@@ -13,6 +16,13 @@ std::filesystem::path stories15m_llama2c_dir();
 std::filesystem::path stories15m_hf_dir();
 // A fresh temporary directory, removed at process exit.
 std::filesystem::path temp_dir(const std::string& prefix);
+
+// Writes an HF model directory: config.json for `cfg`, model.safetensors with random weights
+// (N(0, 0.2); norm weights 1 + N(0, 0.02)) and stories15M's tokenizer.json (stories15M must
+// be fetched). `skip` leaves that tensor out; `halve` writes that tensor with half its
+// elements, flattened (both for bad-input tests).
+void write_random_model(const std::filesystem::path& dir, const LlamaConfig& cfg, uint64_t seed,
+                        const std::string& skip = "", const std::string& halve = "");
 
 struct RunResult {
   int exit_code;

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
-#include <random>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -24,7 +23,6 @@ namespace fs = std::filesystem;
 
 // A 2-layer width-32 model with random weights and stories15M's tokenizer.
 fs::path make_tiny_model(const fs::path& dir) {
-  fs::create_directories(dir);
   LlamaConfig cfg;
   cfg.hidden_size = 32;
   cfg.intermediate_size = 64;
@@ -34,20 +32,7 @@ fs::path make_tiny_model(const fs::path& dir) {
   cfg.vocab_size = 32000;
   cfg.max_position_embeddings = 64;
   cfg.tie_word_embeddings = true;
-  save_llama_config(dir / "config.json", cfg);
-  auto alloc = Allocator::create(Device::cpu());
-  LlamaModel model(cfg, *alloc);
-  std::mt19937 rng(11);
-  std::normal_distribution<float> n(0.0f, 0.2f);
-  SafeTensorsWriter w;
-  for (ParamRef& p : model.parameters()) {
-    float* d = p.value.data<float>();
-    const bool norm = p.value.dim() == 1;
-    for (int64_t i = 0; i < p.value.numel(); ++i) d[i] = norm ? 1.0f + 0.1f * n(rng) : n(rng);
-    w.add(p.name, p.value);
-  }
-  w.write(dir / "model.safetensors");
-  Tokenizer::from_llama2c(testing::stories15m_llama2c_dir() / "tokenizer.bin").save_hf_json(dir / "tokenizer.json");
+  testing::write_random_model(dir, cfg, 11);
   return dir;
 }
 
