@@ -51,7 +51,9 @@ TEST(MetaDevice, GenerateStories15M) {
 
 MemoryStats train_step_stats(Device device, const std::filesystem::path& dir, double* loss) {
   auto alloc = Allocator::create(device);
-  auto model = LlamaModel::load(dir, *alloc, {ParamRole::trainable});
+  ModelOptions opts;
+  opts.role = ParamRole::trainable;
+  auto model = LlamaModel::load(dir, *alloc, opts);
   const int64_t B = 4, T = 256;
   std::mt19937 rng(3);
   std::vector<int32_t> tokens(B * T), targets(B * T);
