@@ -242,7 +242,7 @@ std::unique_ptr<LlamaModel> build_model(const TrainConfig& c, Allocator& alloc) 
   return model;
 }
 
-TrainSummary train(const TrainConfig& c, Allocator& allocator, Progress progress, std::ostream& log) {
+TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, std::ostream& log) {
   using Clock = std::chrono::steady_clock;
   if (progress == Progress::auto_detect) progress = isatty(STDERR_FILENO) ? Progress::bar : Progress::lines;
   ops::set_num_threads(static_cast<int>(c.train.threads));
@@ -270,12 +270,11 @@ TrainSummary train(const TrainConfig& c, Allocator& allocator, Progress progress
                         : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(*c.train.epochs * steps_per_epoch)));
 
   // Model and optimizer.
-  LMTUNE_CHECK(allocator.device().is_cpu(), "training runs on the CPU in this release, not on ", allocator.device().str());
-  Allocator* alloc = &allocator;
-  auto model = build_model(c, *alloc);
+  LMTUNE_CHECK(alloc.device().is_cpu(), "training runs on the CPU in this release, not on ", alloc.device().str());
+  auto model = build_model(c, alloc);
   model->allocate_grads();
   std::vector<ParamRef> trainable = model->trainable_parameters();
-  AdamW adam(trainable, *alloc, adam_options(c));
+  AdamW adam(trainable, alloc, adam_options(c));
   ScheduleOptions sched{schedule_kind(c.train.schedule), c.train.lr, c.train.min_lr_ratio, c.train.warmup_steps,
                         total_steps};
   auto named_trainable = [&] {
@@ -362,7 +361,7 @@ TrainSummary train(const TrainConfig& c, Allocator& allocator, Progress progress
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
     const double tok_s = tokens_done / std::max(elapsed, 1e-9);
     const double eta = elapsed / static_cast<double>(done - start) * static_cast<double>(total_steps - done);
-    const int64_t peak = alloc->stats().allocated.peak;
+    const int64_t peak = alloc.stats().allocated.peak;
     metrics.write({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tok_s},
                    {"step_seconds", step_s}, {"peak_allocated_bytes", peak}});
     char line[256];
