@@ -1,7 +1,7 @@
 // Training-step throughput of lmtune on CPU: forward + loss + backward of a LLaMA model
 // (stories15M imported to HF format) on B = 8 sequences of T = 256 random tokens.
 // Its peer is bench/torch_fwdbwd.py (the PyTorch reference model, float32, same B, T and
-// threads); bench/run_fwdbwd.sh runs both and prints the ratio.
+// threads); bench/run.sh fwdbwd runs both and prints the ratio.
 //
 // Usage: fwdbwd_bench MODEL_DIR [STEPS=5] [THREADS=2]
 // Prints one parseable line: lmtune_tokens_per_s=<x>

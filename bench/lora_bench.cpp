@@ -4,7 +4,7 @@
 // trainer does per optimizer step without gradient accumulation: zero the gradients,
 // forward + loss + backward, clip the gradient norm to 1, AdamW.
 // Its peer is bench/torch_lora.py (the same in PyTorch float32, LoRA through
-// tests/reference/train_ref.py's LoraLlamaRef); bench/run_lora.sh runs both and prints the
+// tests/reference/train_ref.py's LoraLlamaRef); bench/run.sh lora runs both and prints the
 // ratio.
 //
 // Usage: lora_bench MODEL_DIR [STEPS=5] [THREADS=2]
