@@ -162,7 +162,7 @@ const std::vector<OptionSpec> kExportOptions = with_common({
     {"dtype", true, "f32 | f16 | bf16 for hf and peft; f32 | f16 | bf16 | q8_0 for gguf (default f32)"},
 });
 
-void run_export(const Args& args, Allocator&, Output out) {
+void run_export(const Args& args, Allocator& alloc, Output out) {
   args.expect_positional({"RUN_DIR"});
   const auto format = args.get("format");
   const auto dest = args.get("out");
@@ -170,7 +170,7 @@ void run_export(const Args& args, Allocator&, Output out) {
   LMTUNE_CHECK(dest.has_value(), "'lmtune export' needs --out PATH");
   const ExportFormat f = parse_export_format(*format);
   if (out == Output::silent) return;
-  export_run(args.positional()[0], f, *dest, args.get_string("dtype", "f32"));
+  export_run(args.positional()[0], f, *dest, args.get_string("dtype", "f32"), alloc);
   std::cout << "exported " << *format << " to " << *dest << "\n";
 }
 
@@ -271,6 +271,9 @@ int run(int argc, char** argv) {
   if (args.flag("memory-report")) {
     if (training) {
       predicted = predict_train_step_memory(train_config_from(args));
+    } else if (verb->name == "export") {
+      args.expect_positional({"RUN_DIR"});
+      predicted = predict_export_memory(args.positional()[0]);
     } else {
       auto meta = Allocator::create(Device::meta());
       verb->run(args, *meta, Output::silent);
@@ -281,7 +284,8 @@ int run(int argc, char** argv) {
   verb->run(args, *alloc, Output::print);
   if (args.flag("memory-report"))
     print_memory_report(alloc->stats(), predicted, alloc->device(),
-                        training ? "one training step" : "the same command");
+                        training ? "one training step" : verb->name == "export" ? "loading the trained model"
+                                                                                : "the same command");
   return 0;
 }
 

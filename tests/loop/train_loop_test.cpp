@@ -157,8 +157,12 @@ TEST_F(TrainLoop, ExistingRunIsNotOverwrittenSilently) {
 TEST_F(TrainLoop, ExportsAgreeWithEachOther) {
   const fs::path out = root_ / "exp";
   run(config("lora", out, {"train.max_steps=4", "train.warmup_steps=0", "train.save_every=0"}));
-  export_run(out, ExportFormat::hf, root_ / "hf", "f32");
-  export_run(out, ExportFormat::peft, root_ / "peft", "f32");
+  auto alloc = Allocator::create(Device::cpu());
+  export_run(out, ExportFormat::hf, root_ / "hf", "f32", *alloc);
+  export_run(out, ExportFormat::peft, root_ / "peft", "f32", *alloc);
+  const MemoryStats predicted = predict_export_memory(out);
+  EXPECT_EQ(alloc->stats().allocated.peak, predicted.allocated.peak);
+  EXPECT_EQ(alloc->stats().of(MemCategory::trainable).peak, predicted.of(MemCategory::trainable).peak);
   const SafeTensorsReader base = SafeTensorsReader::open(model_);
   const SafeTensorsReader merged = SafeTensorsReader::open(root_ / "hf");
   const SafeTensorsReader peft = SafeTensorsReader::open(root_ / "peft" / "adapter_model.safetensors");

@@ -42,11 +42,16 @@ std::unique_ptr<LlamaModel> load_trained(const fs::path& ckpt, Allocator& alloc,
   cfg.model.dtype = DType::f32;
   cfg.method.lora.init_from.reset();
   auto model = build_model(cfg, alloc);
-  std::vector<std::pair<std::string, Tensor>> trainable;
-  model->allocate_grads();
-  for (const ParamRef& p : model->trainable_parameters()) trainable.emplace_back(p.name, p.value);
+  // what trained: the adapters under LoRA, every parameter under full fine-tuning
   const SafeTensorsReader r = SafeTensorsReader::open(ckpt / "trainable.safetensors");
-  for (auto& [name, t] : trainable) r.load_into(name, t);
+  size_t loaded = 0;
+  for (ParamRef& p : model->parameters()) {
+    if (cfg.method.type == MethodType::lora && !is_adapter_name(p.name)) continue;
+    r.load_into(p.name, p.value);
+    ++loaded;
+  }
+  LMTUNE_CHECK(loaded == r.size(), "'", (ckpt / "trainable.safetensors").string(), "' holds ", r.size(),
+               " tensors; the run's config.yaml describes ", loaded);
   return model;
 }
 
@@ -87,10 +92,9 @@ void write_converted(const fs::path& file, const std::vector<std::pair<std::stri
   w.write(file);
 }
 
-void export_hf(const fs::path& ckpt, const fs::path& out, DType dtype) {
-  auto alloc = Allocator::create(Device::cpu());
+void export_hf(const fs::path& ckpt, const fs::path& out, DType dtype, Allocator& alloc) {
   TrainConfig cfg;
-  auto model = load_trained(ckpt, *alloc, cfg);
+  auto model = load_trained(ckpt, alloc, cfg);
   std::vector<ParamRef> params = model->parameters();
   // fold every adapter into its base weight
   for (const ParamRef& p : params) {
@@ -122,10 +126,9 @@ void export_hf(const fs::path& ckpt, const fs::path& out, DType dtype) {
   fs::rename(tmp, out);
 }
 
-void export_peft(const fs::path& ckpt, const fs::path& out, DType dtype) {
-  auto alloc = Allocator::create(Device::cpu());
+void export_peft(const fs::path& ckpt, const fs::path& out, DType dtype, Allocator& alloc) {
   TrainConfig cfg;
-  auto model = load_trained(ckpt, *alloc, cfg);
+  auto model = load_trained(ckpt, alloc, cfg);
   LMTUNE_CHECK(cfg.method.type == MethodType::lora, "a PEFT adapter needs a LoRA run; '", ckpt.string(),
                "' is full fine-tuning (export it with --format hf)");
   std::vector<std::pair<std::string, Tensor>> tensors;
@@ -161,16 +164,25 @@ void export_peft(const fs::path& ckpt, const fs::path& out, DType dtype) {
 
 }  // namespace
 
-void export_run(const fs::path& source, ExportFormat format, const fs::path& out, const std::string& dtype) {
+MemoryStats predict_export_memory(const fs::path& source) {
+  auto meta = Allocator::create(Device::meta());
+  TrainConfig cfg;
+  load_trained(resolve_checkpoint(source), *meta, cfg);
+  return meta->stats();
+}
+
+void export_run(const fs::path& source, ExportFormat format, const fs::path& out, const std::string& dtype,
+                Allocator& alloc) {
+  LMTUNE_CHECK(alloc.device().is_cpu(), "export runs on the CPU, not on ", alloc.device().str());
   const fs::path ckpt = resolve_checkpoint(source);
   if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
   switch (format) {
-    case ExportFormat::hf: export_hf(ckpt, out, parse_float_dtype(dtype)); return;
-    case ExportFormat::peft: export_peft(ckpt, out, parse_float_dtype(dtype)); return;
+    case ExportFormat::hf: export_hf(ckpt, out, parse_float_dtype(dtype), alloc); return;
+    case ExportFormat::peft: export_peft(ckpt, out, parse_float_dtype(dtype), alloc); return;
     case ExportFormat::gguf: {
       const GgufType type = parse_gguf_type(dtype);
       const fs::path tmp_hf = out.parent_path() / (".merged-hf.tmp." + std::to_string(getpid()));
-      export_hf(ckpt, tmp_hf, DType::f32);
+      export_hf(ckpt, tmp_hf, DType::f32, alloc);
       try {
         export_gguf(tmp_hf, out, type);
       } catch (...) {

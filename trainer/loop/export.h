@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 
+#include "trainer/core/allocator.h"
 #include "trainer/core/dtype.h"
 
 namespace lmtune {
@@ -18,7 +19,11 @@ ExportFormat parse_export_format(const std::string& s);
 
 // `source` is a run directory (its latest checkpoint is used) or a checkpoint directory.
 // dtype: "f32" | "f16" | "bf16" for hf/peft; "f32" | "f16" | "q8_0" for gguf.
+// The model is held on `alloc` (CPU).
 void export_run(const std::filesystem::path& source, ExportFormat format, const std::filesystem::path& out,
-                const std::string& dtype);
+                const std::string& dtype, Allocator& alloc);
+// The tracked memory of export_run, predicted on the meta device (loading the trained model
+// is all export allocates; merging and writing happen in place and in the output files).
+MemoryStats predict_export_memory(const std::filesystem::path& source);
 
 }  // namespace lmtune
