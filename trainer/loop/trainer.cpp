@@ -272,6 +272,9 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   // Model and optimizer.
   LMTUNE_CHECK(alloc.device().is_cpu(), "training runs on the CPU in this release, not on ", alloc.device().str());
   auto model = build_model(c, alloc);
+  LMTUNE_CHECK(c.data.seq_len <= model->config().max_position_embeddings, "data.seq_len (", c.data.seq_len,
+               ") is longer than the model's context: max_position_embeddings is ",
+               model->config().max_position_embeddings, " in ", (c.model.path / "config.json").string());
   model->allocate_grads();
   std::vector<ParamRef> trainable = model->trainable_parameters();
   AdamW adam(trainable, alloc, adam_options(c));

@@ -1,0 +1,60 @@
+// Every example in configs/ runs as it is: each trains for two steps (on stories15M, into a
+// temporary run directory, evaluation and samples off), so a key that drifts from the
+// schema, a data file that is not shipped or a seq_len the model cannot hold fails here.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "common/test_models.h"
+#include "trainer/loop/train_config.h"
+#include "trainer/loop/trainer.h"
+
+namespace lmtune {
+namespace {
+
+namespace fs = std::filesystem;
+
+void run_config_for_two_steps(const std::string& name) {
+  const fs::path hf = testing::stories15m_hf_dir();
+  if (hf.empty()) GTEST_SKIP() << "stories15M not fetched";
+  const fs::path src(LMTUNE_SOURCE_DIR);
+  const std::string text = [&] {
+    std::ifstream f(src / "configs" / name);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }();
+  if (text.find("models/moby-dick") != std::string::npos && !fs::exists(src / "models" / "moby-dick" / ".complete"))
+    GTEST_SKIP() << "Moby-Dick not fetched (scripts/fetch_data.sh)";
+  const fs::path out = testing::temp_dir("lmtune-configs") / "run";
+  // relative paths in the examples are relative to the repository root
+  const fs::path cwd = fs::current_path();
+  fs::current_path(src);
+  std::vector<std::string> overrides = {"model.path=" + hf.string(), "output.dir=" + out.string(),
+                                        "train.epochs=null",         "train.max_steps=2",
+                                        "train.warmup_steps=0",      "train.eval_every=0",
+                                        "train.eval_batches=1",      "train.sample_tokens=0",
+                                        "train.save_every=0",        "train.resume_from=null",
+                                        "train.micro_batch_size=2",  "train.grad_accum_steps=1"};
+  try {
+    const TrainConfig c = load_train_config(src / "configs" / name, overrides);
+    auto alloc = Allocator::create(Device::cpu());
+    std::ostringstream log;
+    const TrainSummary s = train(c, *alloc, Progress::quiet, log);
+    EXPECT_EQ(s.steps, 2);
+    EXPECT_TRUE(std::isfinite(s.last_loss));
+    EXPECT_TRUE(fs::exists(out / "checkpoint-2" / "trainable.safetensors"));
+  } catch (...) {
+    fs::current_path(cwd);
+    throw;
+  }
+  fs::current_path(cwd);
+}
+
+TEST(ConfigExamples, DemoLora) { run_config_for_two_steps("demo_lora.yaml"); }
+TEST(ConfigExamples, FullFinetune) { run_config_for_two_steps("full_finetune.yaml"); }
+TEST(ConfigExamples, AlpacaLora) { run_config_for_two_steps("alpaca_lora.yaml"); }
+TEST(ConfigExamples, ChatLora) { run_config_for_two_steps("chat_lora.yaml"); }
+
+}  // namespace
+}  // namespace lmtune
