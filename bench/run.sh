@@ -14,8 +14,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHICH=${1:-}
 case "$WHICH" in
-  fwdbwd) BENCH=fwdbwd_bench; PEER=torch_fwdbwd.py ;;
-  lora) BENCH=lora_bench; PEER=torch_lora.py ;;
+  fwdbwd) PEER=torch_fwdbwd.py ;;
+  lora) PEER=torch_lora.py ;;
   *) echo "usage: bench/run.sh fwdbwd|lora [STEPS=5]" >&2; exit 2 ;;
 esac
 STEPS=${2:-5}
@@ -32,14 +32,14 @@ fi
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release
 fi
-cmake --build "$BUILD" --target "$BENCH" lmtune
+cmake --build "$BUILD" --target step_bench lmtune
 if [ ! -f "$HF/config.json" ]; then
   "$BUILD/lmtune" import llama2c "$SRC/model.bin" "$SRC/tokenizer.bin" "$HF"
 fi
 
 load() { cut -d" " -f1-3 /proc/loadavg; }
 echo "== lmtune (load: $(load))"
-LMTUNE_OUT=$("$BUILD/bench/$BENCH" "$HF" "$STEPS" "$THREADS")
+LMTUNE_OUT=$("$BUILD/bench/step_bench" "$WHICH" "$HF" "$STEPS" "$THREADS")
 echo "$LMTUNE_OUT"
 echo "== torch (load: $(load))"
 TORCH_OUT=$(OMP_NUM_THREADS=$THREADS "$PYTHON" "$ROOT/bench/$PEER" "$HF" "$STEPS" "$THREADS")

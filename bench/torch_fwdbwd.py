@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The PyTorch peer of bench/fwdbwd_bench.cpp: forward + mean cross-entropy + backward of
+"""The PyTorch peer of bench/step_bench.cpp (fwdbwd): forward + mean cross-entropy + backward of
 the reference LLaMA (tests/reference/llama_ref.py) in float32 on B = 8 sequences of
 T = 256 random tokens, gradients zeroed every step.
 

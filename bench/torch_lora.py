@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The PyTorch peer of bench/lora_bench.cpp: one LoRA training step of stories15M in float32
+"""The PyTorch peer of bench/step_bench.cpp (lora): one LoRA training step of stories15M in float32
 per iteration (zero grads, forward, mean cross-entropy, backward, clip_grad_norm_(1.0),
 torch.optim.AdamW), adapters of rank 8 (alpha 16, no dropout) on all seven linear layers of
 every block, base weights frozen (requires_grad False), B = 8 sequences of T = 256 random
