@@ -16,16 +16,21 @@ namespace {
 
 namespace fs = std::filesystem;
 
-void run_config_for_two_steps(const std::string& name) {
-  const fs::path hf = testing::stories15m_hf_dir();
-  if (hf.empty()) GTEST_SKIP() << "stories15M not fetched";
+// Empty when what configs/<name> trains on has been fetched, else the reason to skip.
+std::string missing_inputs(const std::string& name) {
+  if (testing::stories15m_hf_dir().empty()) return "stories15M not fetched (scripts/fetch_model.sh)";
   const fs::path src(LMTUNE_SOURCE_DIR);
-  const std::string text = [&] {
-    std::ifstream f(src / "configs" / name);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  }();
+  std::ifstream f(src / "configs" / name);
+  const std::string text((std::istreambuf_iterator<char>(f)), {});
   if (text.find("models/moby-dick") != std::string::npos && !fs::exists(src / "models" / "moby-dick" / ".complete"))
-    GTEST_SKIP() << "Moby-Dick not fetched (scripts/fetch_data.sh)";
+    return "Moby-Dick not fetched (scripts/fetch_data.sh)";
+  return "";
+}
+
+// Trains configs/<name> for two steps.
+TrainSummary run_config_for_two_steps(const std::string& name) {
+  const fs::path hf = testing::stories15m_hf_dir();
+  const fs::path src(LMTUNE_SOURCE_DIR);
   const fs::path out = testing::temp_dir("lmtune-configs") / "run";
   // relative paths in the examples are relative to the repository root
   const fs::path cwd = fs::current_path();
@@ -36,25 +41,34 @@ void run_config_for_two_steps(const std::string& name) {
                                         "train.eval_batches=1",      "train.sample_tokens=0",
                                         "train.save_every=0",        "train.resume_from=null",
                                         "train.micro_batch_size=2",  "train.grad_accum_steps=1"};
+  TrainSummary s;
   try {
     const TrainConfig c = load_train_config(src / "configs" / name, overrides);
     auto alloc = Allocator::create(Device::cpu());
     std::ostringstream log;
-    const TrainSummary s = train(c, *alloc, Progress::quiet, log);
-    EXPECT_EQ(s.steps, 2);
-    EXPECT_TRUE(std::isfinite(s.last_loss));
-    EXPECT_TRUE(fs::exists(out / "checkpoint-2" / "trainable.safetensors"));
+    s = train(c, *alloc, Progress::quiet, log);
   } catch (...) {
     fs::current_path(cwd);
     throw;
   }
   fs::current_path(cwd);
+  EXPECT_TRUE(fs::exists(out / "checkpoint-2" / "trainable.safetensors"));
+  return s;
 }
 
-TEST(ConfigExamples, DemoLora) { run_config_for_two_steps("demo_lora.yaml"); }
-TEST(ConfigExamples, FullFinetune) { run_config_for_two_steps("full_finetune.yaml"); }
-TEST(ConfigExamples, AlpacaLora) { run_config_for_two_steps("alpaca_lora.yaml"); }
-TEST(ConfigExamples, ChatLora) { run_config_for_two_steps("chat_lora.yaml"); }
+#define EXPECT_CONFIG_TRAINS(name)                                   \
+  do {                                                               \
+    const std::string why = missing_inputs(name);                    \
+    if (!why.empty()) GTEST_SKIP() << why;                           \
+    const TrainSummary s = run_config_for_two_steps(name);           \
+    EXPECT_EQ(s.steps, 2);                                           \
+    EXPECT_TRUE(std::isfinite(s.last_loss)) << s.last_loss;          \
+  } while (0)
+
+TEST(ConfigExamples, DemoLora) { EXPECT_CONFIG_TRAINS("demo_lora.yaml"); }
+TEST(ConfigExamples, FullFinetune) { EXPECT_CONFIG_TRAINS("full_finetune.yaml"); }
+TEST(ConfigExamples, AlpacaLora) { EXPECT_CONFIG_TRAINS("alpaca_lora.yaml"); }
+TEST(ConfigExamples, ChatLora) { EXPECT_CONFIG_TRAINS("chat_lora.yaml"); }
 
 }  // namespace
 }  // namespace lmtune

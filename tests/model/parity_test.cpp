@@ -199,6 +199,9 @@ TEST(ParityTest, ReferenceSelfTest) {
 TEST(ParityTest, RandomModelGqaUntied) {
   RandomParityResult res;
   run_random_model_parity("gqa_untied", awkward_config(), &res);
+  EXPECT_LE(res.logits_rel, kTolerance);
+  EXPECT_LE(res.loss_rel, kTolerance);
+  EXPECT_LE(res.grad.dev.rel, kTolerance) << res.grad.name;
 }
 
 TEST(ParityTest, RandomModelTiedWithQkvBias) {
@@ -207,6 +210,9 @@ TEST(ParityTest, RandomModelTiedWithQkvBias) {
   cfg["attention_bias"] = true;
   RandomParityResult res;
   run_random_model_parity("tied_qkv_bias", cfg, &res);
+  EXPECT_LE(res.logits_rel, kTolerance);
+  EXPECT_LE(res.loss_rel, kTolerance);
+  EXPECT_LE(res.grad.dev.rel, kTolerance) << res.grad.name;
 }
 
 TEST(ParityTest, Stories15MLossAndLogits) {
