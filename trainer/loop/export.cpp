@@ -7,7 +7,7 @@
 #include "trainer/io/file_util.h"
 #include "trainer/io/gguf.h"
 #include "trainer/io/safetensors.h"
-#include "trainer/loop/checkpoint.h"
+#include "trainer/io/checkpoint.h"
 #include "trainer/loop/train_config.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/model/llama.h"

@@ -15,7 +15,7 @@
 #include "trainer/core/strings.h"
 #include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
-#include "trainer/loop/checkpoint.h"
+#include "trainer/io/checkpoint.h"
 #include "trainer/loop/inference.h"
 #include "trainer/optim/optimizer.h"
 

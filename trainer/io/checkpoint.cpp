@@ -1,4 +1,4 @@
-#include "trainer/loop/checkpoint.h"
+#include "trainer/io/checkpoint.h"
 
 #include <unistd.h>
 
