@@ -15,6 +15,7 @@
 #include "trainer/core/error.h"
 #include "trainer/core/strings.h"
 #include "trainer/data/tokenizer.h"
+#include "trainer/io/file_util.h"
 #include "trainer/io/llama2c.h"
 #include "trainer/loop/export.h"
 #include "trainer/loop/inference.h"
@@ -41,14 +42,6 @@ std::vector<OptionSpec> with_common(std::vector<OptionSpec> spec) {
   return spec;
 }
 
-std::string read_text_file(const fs::path& p) {
-  LMTUNE_CHECK(fs::is_regular_file(p), "text file '", p.string(), "' does not exist");
-  std::ifstream f(p, std::ios::binary);
-  LMTUNE_CHECK(f.good(), "cannot open '", p.string(), "'");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 fs::path model_dir_arg(const std::string& s) {
   const fs::path dir(s);
@@ -100,7 +93,7 @@ void run_perplexity(const Args& args, Allocator& alloc, Output out) {
   const fs::path dir = model_dir_arg(args.positional()[0]);
   const auto file = args.get("text-file");
   LMTUNE_CHECK(file.has_value(), "'lmtune perplexity' needs --text-file FILE");
-  const std::string text = read_text_file(*file);
+  const std::string text = read_file_to_string(*file, "text file");
   const Tokenizer tok = Tokenizer::from_model_dir(dir);
   auto model = LlamaModel::load(dir, alloc);
   const int64_t seq_len = args.get_int("seq-len", model->config().max_position_embeddings);
@@ -273,7 +266,8 @@ int run(int argc, char** argv) {
       predicted = predict_train_step_memory(train_config_from(args));
     } else if (verb->name == "export") {
       args.expect_positional({"RUN_DIR"});
-      predicted = predict_export_memory(args.positional()[0]);
+      predicted = predict_export_memory(args.positional()[0], parse_export_format(args.get_string("format", "hf")),
+                                        args.get_string("dtype", "f32"));
     } else {
       auto meta = Allocator::create(Device::meta());
       verb->run(args, *meta, Output::silent);
@@ -284,8 +278,7 @@ int run(int argc, char** argv) {
   verb->run(args, *alloc, Output::print);
   if (args.flag("memory-report"))
     print_memory_report(alloc->stats(), predicted, alloc->device(),
-                        training ? "one training step" : verb->name == "export" ? "loading the trained model"
-                                                                                : "the same command");
+                        training ? "one training step" : "the same command");
   return 0;
 }
 

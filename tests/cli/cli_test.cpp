@@ -208,7 +208,7 @@ TEST_F(BadInput, ModelDirectoryDoesNotExist) {
 
 TEST_F(BadInput, PerplexityTextFileDoesNotExist) {
   expect_one_error(run_lmtune("perplexity " + q(dir_) + " --text-file /nonexistent/x.txt"),
-                   {"/nonexistent/x.txt", "does not exist"});
+                   {"/nonexistent/x.txt", "cannot open"});
 }
 
 TEST(CliUsage, UnknownOptionSuggestsTheClosest) {

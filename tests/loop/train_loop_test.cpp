@@ -152,6 +152,8 @@ TEST_F(TrainLoop, ExistingRunIsNotOverwrittenSilently) {
   EXPECT_NO_THROW(run(config("lora", out, {"train.max_steps=2", "train.warmup_steps=0", "output.overwrite=true"})));
 }
 
+std::string mod_name() { return "model.layers.1.mlp.down_proj.weight"; }
+
 // The PEFT export holds PEFT's names and shapes, and folding it into the base by hand gives
 // the HF export's weights.
 TEST_F(TrainLoop, ExportsAgreeWithEachOther) {
@@ -160,9 +162,17 @@ TEST_F(TrainLoop, ExportsAgreeWithEachOther) {
   auto alloc = Allocator::create(Device::cpu());
   export_run(out, ExportFormat::hf, root_ / "hf", "f32", *alloc);
   export_run(out, ExportFormat::peft, root_ / "peft", "f32", *alloc);
-  const MemoryStats predicted = predict_export_memory(out);
+  // The prediction runs the same export on meta: exact, also when tensors are converted.
+  const MemoryStats predicted = predict_export_memory(out, ExportFormat::hf, "f32");
   EXPECT_EQ(alloc->stats().allocated.peak, predicted.allocated.peak);
   EXPECT_EQ(alloc->stats().of(MemCategory::trainable).peak, predicted.of(MemCategory::trainable).peak);
+  auto alloc16 = Allocator::create(Device::cpu());
+  export_run(out, ExportFormat::hf, root_ / "hf16", "bf16", *alloc16);
+  const MemoryStats predicted16 = predict_export_memory(out, ExportFormat::hf, "bf16");
+  EXPECT_GT(alloc16->stats().of(MemCategory::workspace).peak, 0) << "bf16 copies go through the allocator";
+  EXPECT_EQ(alloc16->stats().of(MemCategory::workspace).peak, predicted16.of(MemCategory::workspace).peak);
+  EXPECT_EQ(alloc16->stats().allocated.peak, predicted16.allocated.peak);
+  EXPECT_EQ(SafeTensorsReader::open(root_ / "hf16").get(mod_name()).dtype, DType::bf16);
   const SafeTensorsReader base = SafeTensorsReader::open(model_);
   const SafeTensorsReader merged = SafeTensorsReader::open(root_ / "hf");
   const SafeTensorsReader peft = SafeTensorsReader::open(root_ / "peft" / "adapter_model.safetensors");

@@ -1,7 +1,5 @@
 #include "trainer/io/checkpoint.h"
 
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "trainer/io/file_util.h"
@@ -14,12 +12,6 @@ namespace fs = std::filesystem;
 namespace {
 constexpr int kFormatVersion = 1;
 
-void write_tensors(const fs::path& file, const std::vector<std::pair<std::string, Tensor>>& tensors) {
-  SafeTensorsWriter w;
-  for (const auto& [name, t] : tensors) w.add(name, t);
-  w.write(file);
-}
-
 void read_tensors(const fs::path& file, std::vector<std::pair<std::string, Tensor>>& tensors) {
   LMTUNE_CHECK(fs::is_regular_file(file), "checkpoint file '", file.string(), "' is missing");
   const SafeTensorsReader r = SafeTensorsReader::open(file);
@@ -31,19 +23,17 @@ void read_tensors(const fs::path& file, std::vector<std::pair<std::string, Tenso
 
 fs::path save_checkpoint(const fs::path& run_dir, const CheckpointContents& c) {
   const fs::path final_dir = run_dir / ("checkpoint-" + std::to_string(c.state.step));
-  const fs::path tmp = run_dir / (".checkpoint-" + std::to_string(c.state.step) + ".tmp." + std::to_string(getpid()));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  write_tensors(tmp / "trainable.safetensors", c.trainable);
-  write_tensors(tmp / "optimizer.safetensors", c.optimizer);
+  AtomicDirectory dir(final_dir);
+  const fs::path& tmp = dir.staging();
+  write_safetensors(tmp / "trainable.safetensors", c.trainable);
+  write_safetensors(tmp / "optimizer.safetensors", c.optimizer);
   nlohmann::json st = {{"format_version", kFormatVersion},
                        {"step", c.state.step},
                        {"adam_steps", c.state.adam_steps},
                        {"loader", {{"epoch", c.state.loader.epoch}, {"position", c.state.loader.position}}}};
   write_file_atomic(tmp / "trainer_state.json", st.dump(2) + "\n");
   write_file_atomic(tmp / "config.yaml", c.config_yaml);
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
+  dir.commit();
   return final_dir;
 }
 

@@ -130,4 +130,28 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
   w.commit();
 }
 
+AtomicDirectory::AtomicDirectory(std::filesystem::path path) : path_(std::move(path)) {
+  const std::filesystem::path parent = path_.parent_path().empty() ? "." : path_.parent_path();
+  std::string name = ".";  // appended piece by piece: GCC 12 warns (falsely) on "." + std::string at -O3
+  name += path_.filename().string();
+  name += ".tmp.";
+  name += std::to_string(getpid());
+  tmp_ = parent / name;
+  std::filesystem::remove_all(tmp_);
+  std::filesystem::create_directories(tmp_);
+}
+
+AtomicDirectory::~AtomicDirectory() {
+  if (committed_) return;
+  std::error_code ec;
+  std::filesystem::remove_all(tmp_, ec);
+}
+
+void AtomicDirectory::commit() {
+  LMTUNE_ASSERT(!committed_, "commit() twice");
+  if (std::filesystem::exists(path_)) std::filesystem::remove_all(path_);
+  std::filesystem::rename(tmp_, path_);
+  committed_ = true;
+}
+
 }  // namespace lmtune

@@ -57,6 +57,24 @@ class AtomicFileWriter {
   std::FILE* file_ = nullptr;
 };
 
+// A directory filled under a hidden temporary sibling name (`.<name>.tmp.<pid>`) and
+// renamed onto `path` by commit(), replacing what was there: a directory that exists at
+// `path` is complete. Destroyed without commit(), the temporary directory is removed.
+class AtomicDirectory {
+ public:
+  explicit AtomicDirectory(std::filesystem::path path);
+  ~AtomicDirectory();
+  AtomicDirectory(const AtomicDirectory&) = delete;
+  AtomicDirectory& operator=(const AtomicDirectory&) = delete;
+  const std::filesystem::path& staging() const { return tmp_; }  // write here
+  void commit();
+
+ private:
+  std::filesystem::path path_;
+  std::filesystem::path tmp_;
+  bool committed_ = false;
+};
+
 // write_file_atomic(path, contents): the whole of `contents`, atomically.
 void write_file_atomic(const std::filesystem::path& path, std::string_view contents);
 

@@ -390,4 +390,10 @@ void SafeTensorsWriter::write_model(const std::filesystem::path& dir, size_t max
   remove_stale(dir, {kSingleName});
 }
 
+void write_safetensors(const std::filesystem::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  SafeTensorsWriter w;
+  for (const auto& [name, t] : tensors) w.add(name, t);
+  w.write(path);
+}
+
 }  // namespace lmtune

@@ -106,4 +106,7 @@ class SafeTensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
+// Writes named tensors (their own dtypes, shapes and memory; not on meta) as one file.
+void write_safetensors(const std::filesystem::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors);
+
 }  // namespace lmtune

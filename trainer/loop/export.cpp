@@ -55,21 +55,6 @@ std::unique_ptr<LlamaModel> load_trained(const fs::path& ckpt, Allocator& alloc,
   return model;
 }
 
-// W (out, in) += s * B (out, r) A (r, in), in double.
-void merge_lora(Tensor& w, const Tensor& a, const Tensor& b, double s) {
-  const int64_t out = w.size(0), in = w.size(1), r = a.size(0);
-  float* W = w.data<float>();
-  const float* A = a.data<float>();
-  const float* B = b.data<float>();
-#pragma omp parallel for
-  for (int64_t i = 0; i < out; ++i)
-    for (int64_t j = 0; j < in; ++j) {
-      double acc = 0;
-      for (int64_t k = 0; k < r; ++k) acc += static_cast<double>(B[i * r + k]) * A[k * in + j];
-      W[i * in + j] += static_cast<float>(s * acc);
-    }
-}
-
 DType parse_float_dtype(const std::string& s) {
   LMTUNE_CHECK(s == "f32" || s == "f16" || s == "bf16", "--dtype '", s, "' is not valid for this format (expected f32, f16 or bf16)");
   return dtype_from_name(s);
@@ -79,51 +64,41 @@ std::string torch_dtype_name(DType t) {
   return t == DType::f32 ? "float32" : t == DType::f16 ? "float16" : "bfloat16";
 }
 
-// Writes `tensors` converted to `dtype` into dir/<file> (buffers kept alive until written).
-void write_converted(const fs::path& file, const std::vector<std::pair<std::string, Tensor>>& tensors, DType dtype) {
-  SafeTensorsWriter w;
-  std::vector<std::vector<uint8_t>> keep;
+// The tensors as `dtype`: the model's own where they already are, else converted copies
+// from `alloc` (category workspace, so the memory report sees them).
+std::vector<std::pair<std::string, Tensor>> as_dtype(const std::vector<std::pair<std::string, Tensor>>& tensors,
+                                                     DType dtype, Allocator& alloc) {
+  std::vector<std::pair<std::string, Tensor>> out;
   for (const auto& [name, t] : tensors) {
-    std::vector<uint8_t> buf(static_cast<size_t>(t.numel()) * dtype_size(dtype));
-    convert_elements(t.raw(), t.dtype(), buf.data(), dtype, t.numel());
-    w.add(name, dtype, t.shape(), buf.data());
-    keep.push_back(std::move(buf));
+    if (t.dtype() == dtype) {
+      out.emplace_back(name, t);
+      continue;
+    }
+    Tensor c = Tensor::empty(alloc, t.shape(), dtype, MemCategory::workspace);
+    if (!c.is_meta()) convert_elements(t.raw(), t.dtype(), c.raw(), dtype, t.numel());
+    out.emplace_back(name, std::move(c));
   }
-  w.write(file);
+  return out;
 }
 
+// On a meta allocator everything up to the file writes runs (the memory prediction).
 void export_hf(const fs::path& ckpt, const fs::path& out, DType dtype, Allocator& alloc) {
   TrainConfig cfg;
   auto model = load_trained(ckpt, alloc, cfg);
-  std::vector<ParamRef> params = model->parameters();
-  // fold every adapter into its base weight
-  for (const ParamRef& p : params) {
-    if (p.name.size() < 20 || p.name.find(".lora_A.weight") == std::string::npos) continue;
-    const std::string module = p.name.substr(0, p.name.find(".lora_A.weight"));
-    const ParamRef* base = nullptr;
-    const ParamRef* b = nullptr;
-    for (const ParamRef& q : params) {
-      if (q.name == module + ".weight") base = &q;
-      if (q.name == module + ".lora_B.weight") b = &q;
-    }
-    LMTUNE_ASSERT(base && b, "adapter without base for ", module);
-    Tensor w = base->value;
-    merge_lora(w, p.value, b->value, cfg.method.lora.scale());
-  }
+  model->merge_adapters();
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const ParamRef& p : params)
+  for (const ParamRef& p : model->parameters())
     if (!is_adapter_name(p.name)) tensors.emplace_back(p.name, p.value);
-  const fs::path tmp = out.parent_path() / (out.filename().string() + ".tmp." + std::to_string(getpid()));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  const auto staged = as_dtype(tensors, dtype, alloc);
+  if (alloc.device().is_meta()) return;
+  AtomicDirectory dir(out);
   LlamaConfig lc = model->config();
   lc.torch_dtype = torch_dtype_name(dtype);
-  save_llama_config(tmp / "config.json", lc);
-  write_converted(tmp / "model.safetensors", tensors, dtype);
+  save_llama_config(dir.staging() / "config.json", lc);
+  write_safetensors(dir.staging() / "model.safetensors", staged);
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
-    if (fs::exists(cfg.model.path / f)) fs::copy_file(cfg.model.path / f, tmp / f);
-  if (fs::exists(out)) fs::remove_all(out);
-  fs::rename(tmp, out);
+    if (fs::exists(cfg.model.path / f)) fs::copy_file(cfg.model.path / f, dir.staging() / f);
+  dir.commit();
 }
 
 void export_peft(const fs::path& ckpt, const fs::path& out, DType dtype, Allocator& alloc) {
@@ -153,27 +128,26 @@ void export_peft(const fs::path& ckpt, const fs::path& out, DType dtype, Allocat
                                  {"init_lora_weights", true},
                                  {"modules_to_save", nullptr},
                                  {"base_model_name_or_path", cfg.model.path.string()}};
-  const fs::path tmp = out.parent_path() / (out.filename().string() + ".tmp." + std::to_string(getpid()));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  write_file_atomic(tmp / "adapter_config.json", config.dump(2) + "\n");
-  write_converted(tmp / "adapter_model.safetensors", tensors, dtype);
-  if (fs::exists(out)) fs::remove_all(out);
-  fs::rename(tmp, out);
+  const auto staged = as_dtype(tensors, dtype, alloc);
+  if (alloc.device().is_meta()) return;
+  AtomicDirectory dir(out);
+  write_file_atomic(dir.staging() / "adapter_config.json", config.dump(2) + "\n");
+  write_safetensors(dir.staging() / "adapter_model.safetensors", staged);
+  dir.commit();
 }
 
 }  // namespace
 
-MemoryStats predict_export_memory(const fs::path& source) {
+MemoryStats predict_export_memory(const fs::path& source, ExportFormat format, const std::string& dtype) {
   auto meta = Allocator::create(Device::meta());
-  TrainConfig cfg;
-  load_trained(resolve_checkpoint(source), *meta, cfg);
+  export_run(source, format, fs::path(), dtype, *meta);  // writes nothing on meta
   return meta->stats();
 }
 
 void export_run(const fs::path& source, ExportFormat format, const fs::path& out, const std::string& dtype,
                 Allocator& alloc) {
-  LMTUNE_CHECK(alloc.device().is_cpu(), "export runs on the CPU, not on ", alloc.device().str());
+  LMTUNE_CHECK(alloc.device().is_cpu() || alloc.device().is_meta(), "export runs on the CPU, not on ",
+               alloc.device().str());
   const fs::path ckpt = resolve_checkpoint(source);
   if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
   switch (format) {
@@ -181,6 +155,10 @@ void export_run(const fs::path& source, ExportFormat format, const fs::path& out
     case ExportFormat::peft: export_peft(ckpt, out, parse_float_dtype(dtype), alloc); return;
     case ExportFormat::gguf: {
       const GgufType type = parse_gguf_type(dtype);
+      if (alloc.device().is_meta()) {  // the GGUF conversion is file to file, one tensor at a time
+        export_hf(ckpt, out, DType::f32, alloc);
+        return;
+      }
       const fs::path tmp_hf = out.parent_path() / (".merged-hf.tmp." + std::to_string(getpid()));
       export_hf(ckpt, tmp_hf, DType::f32, alloc);
       try {

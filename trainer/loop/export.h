@@ -19,11 +19,11 @@ ExportFormat parse_export_format(const std::string& s);
 
 // `source` is a run directory (its latest checkpoint is used) or a checkpoint directory.
 // dtype: "f32" | "f16" | "bf16" for hf/peft; "f32" | "f16" | "q8_0" for gguf.
-// The model is held on `alloc` (CPU).
+// The model (and any dtype-converted copies of its tensors) are held on `alloc`. On a meta
+// allocator the same steps run up to the file writes, which are skipped.
 void export_run(const std::filesystem::path& source, ExportFormat format, const std::filesystem::path& out,
                 const std::string& dtype, Allocator& alloc);
-// The tracked memory of export_run, predicted on the meta device (loading the trained model
-// is all export allocates; merging and writing happen in place and in the output files).
-MemoryStats predict_export_memory(const std::filesystem::path& source);
+// The tracked memory of export_run, predicted by running it on the meta device.
+MemoryStats predict_export_memory(const std::filesystem::path& source, ExportFormat format, const std::string& dtype);
 
 }  // namespace lmtune

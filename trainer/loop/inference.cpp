@@ -5,20 +5,10 @@
 #include <numeric>
 
 #include "kernels/ops.h"
+#include "trainer/core/random.h"
 
 namespace lmtune {
 
-namespace {
-// splitmix64: a small, well-mixed, portable generator (std:: distributions are not
-// specified bit-for-bit across standard libraries; this is).
-uint64_t next_u64(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-double next_unit(uint64_t& s) { return static_cast<double>(next_u64(s) >> 11) * (1.0 / 9007199254740992.0); }
-}  // namespace
 
 int32_t sample_token(const float* logits, int64_t V, float temperature, float top_p, uint64_t& rng_state) {
   if (temperature <= 0.0f) return static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
@@ -39,7 +29,7 @@ int32_t sample_token(const float* logits, int64_t V, float temperature, float to
   }
   double mass = 0;
   for (int64_t i = 0; i < keep; ++i) mass += p[order[i]];
-  double r = next_unit(rng_state) * mass;
+  double r = splitmix64_unit(rng_state) * mass;
   for (int64_t i = 0; i < keep; ++i) {
     r -= p[order[i]];
     if (r <= 0) return order[i];

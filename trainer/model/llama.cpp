@@ -61,7 +61,6 @@ std::array<ProjShape, LlamaBlock::kNumProj> proj_shapes(const LlamaConfig& cfg) 
   const BlockSizes s = block_sizes(cfg);
   return {{{s.qd, s.C}, {s.kvd, s.C}, {s.kvd, s.C}, {s.C, s.qd}, {s.H, s.C}, {s.H, s.C}, {s.C, s.H}}};
 }
-const char* const kProjTargets[LlamaBlock::kNumProj] = {"q", "k", "v", "o", "gate", "up", "down"};
 }  // namespace
 
 LlamaBlock::LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const ModelOptions& opts, int index)
@@ -91,7 +90,8 @@ LlamaBlock::LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const ModelOpti
   const LoraOptions& lo = *opts.lora;
   std::vector<int> targets;
   for (int p = 0; p < kNumProj; ++p)
-    if (std::find(lo.targets.begin(), lo.targets.end(), kProjTargets[p]) != lo.targets.end()) targets.push_back(p);
+    if (std::find(lo.targets.begin(), lo.targets.end(), lora_target_names()[p]) != lo.targets.end())
+      targets.push_back(p);
   int64_t total = 0;
   for (int p : targets) total += lo.rank * (shapes[p].in + shapes[p].out);
   adapters_ = Tensor::zeros(alloc, {total}, DType::f32, MemCategory::trainable);  // B stays zero
@@ -143,15 +143,35 @@ void LlamaBlock::set_dropout_seed(uint64_t seed) {
     if (lora_[p] != nullptr) lora_[p]->set_dropout_seed(seed * 1000003ull + static_cast<uint64_t>(index_) * 16 + p);
 }
 
+void LlamaBlock::merge_adapters() {
+  if (matrices_.is_meta()) return;
+  for (int p = 0; p < kNumProj; ++p) {
+    if (lora_[p] == nullptr) continue;
+    LMTUNE_CHECK(matrices_.dtype() == DType::f32, "merging adapters needs f32 base weights, not ",
+                 dtype_name(matrices_.dtype()));
+    const Tensor& w = dense_[p]->weight();
+    const int64_t out = w.size(0), in = w.size(1), r = lora_[p]->a().size(0);
+    float* W = w.data<float>();
+    const float* A = lora_[p]->a().data<float>();
+    float* B = lora_[p]->b().data<float>();
+    const double s = lora_[p]->scaling();
+#pragma omp parallel for
+    for (int64_t i = 0; i < out; ++i)
+      for (int64_t j = 0; j < in; ++j) {
+        double acc = 0;
+        for (int64_t k = 0; k < r; ++k) acc += static_cast<double>(B[i * r + k]) * A[k * in + j];
+        W[i * in + j] += static_cast<float>(s * acc);
+      }
+    Tensor(lora_[p]->b()).zero_();
+  }
+}
+
 void LlamaBlock::collect_parameters(std::vector<ParamRef>& out) {
-  static const char* const kPaths[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                               "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                               "mlp.down_proj"};
   const std::string p = "model.layers." + std::to_string(index_) + ".";
   out.push_back({p + "input_layernorm.weight", ln1_w_, dln1_w_});
-  for (int i = kQ; i <= kO; ++i) proj_[i]->collect_parameters(p + kPaths[i], out);
+  for (int i = kQ; i <= kO; ++i) proj_[i]->collect_parameters(p + lora_module_path(lora_target_names()[i]), out);
   out.push_back({p + "post_attention_layernorm.weight", ln2_w_, dln2_w_});
-  for (int i = kGate; i <= kDown; ++i) proj_[i]->collect_parameters(p + kPaths[i], out);
+  for (int i = kGate; i <= kDown; ++i) proj_[i]->collect_parameters(p + lora_module_path(lora_target_names()[i]), out);
 }
 
 Tensor LlamaBlock::forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, KVCache* cache,
@@ -338,6 +358,10 @@ std::vector<ParamRef> LlamaModel::trainable_parameters() {
   for (ParamRef& p : parameters())
     if (p.grad.defined()) out.push_back(p);
   return out;
+}
+
+void LlamaModel::merge_adapters() {
+  for (auto& b : blocks_) b->merge_adapters();
 }
 
 void LlamaModel::set_dropout_seed(uint64_t seed) {

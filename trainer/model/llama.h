@@ -79,10 +79,12 @@ class LlamaBlock {
   void allocate_grads();
   void collect_parameters(std::vector<ParamRef>& out);
   void set_dropout_seed(uint64_t seed);
+  void merge_adapters();
   Tensor& matrices() { return matrices_; }
   Tensor& vectors() { return vectors_; }
   Tensor& adapters() { return adapters_; }
 
+  // In the order of lora_target_names() (q, k, v, o, gate, up, down).
   enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kNumProj };
 
  private:
@@ -120,6 +122,10 @@ class LlamaModel {
   void zero_grads();
   // Seeds the LoRA dropout masks of the next forward/backward (call once per micro-batch).
   void set_dropout_seed(uint64_t seed);
+  // Folds every LoRA adapter into its base weight (W += scaling * B A, in double) and zeroes
+  // B, so the model computes the same function with the adapters now inert. The base must
+  // be f32. No-op on meta.
+  void merge_adapters();
 
   // Training: forward, loss (fused with lm_head, chunked) and backward in one pass.
   // tokens, targets (B, T) i32 on the model's device; a target < 0 is ignored. Gradients

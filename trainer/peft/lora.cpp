@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "trainer/core/error.h"
+#include "trainer/core/random.h"
 
 namespace lmtune {
 
@@ -90,12 +91,7 @@ void lora_init_a(Tensor& a, uint64_t seed) {
   float* p = a.data<float>();
   uint64_t s = seed;
   for (int64_t i = 0; i < a.numel(); ++i) {
-    // splitmix64 -> uniform in [-bound, bound)
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const double u = static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);
+    const double u = splitmix64_unit(s);
     p[i] = static_cast<float>((2.0 * u - 1.0) * bound);
   }
 }
