@@ -412,9 +412,9 @@ void scale_inplace(Tensor& t, float scale) {
   cpu::scale_inplace(t.data<float>(), scale, t.numel());
 }
 
-// out = inp * keep / (1 - p), keep drawn per element from a counter-based hash of (seed, flat
-// index), so the backward regenerates the same mask without storing it.
-void dropout_forward(Tensor& out, const Tensor& inp, float p, uint64_t seed) {
+// out = inp * keep / (1 - p), keep drawn per element from a counter-based hash of (seed,
+// index0 + flat index), so the backward regenerates the same mask without storing it.
+void dropout_forward(Tensor& out, const Tensor& inp, float p, uint64_t seed, int64_t index0) {
   constexpr const char* op = "dropout_forward";
   check_dtype(out, DType::f32, op, "out");
   check_dtype(inp, DType::f32, op, "inp");
@@ -423,11 +423,13 @@ void dropout_forward(Tensor& out, const Tensor& inp, float p, uint64_t seed) {
   LMTUNE_CHECK(p >= 0.0f && p < 1.0f, op, ": dropout probability ", p, " must be in [0, 1)");
   check_devices(op, out, {&inp});
   if (out.is_meta()) return;
-  cpu::dropout_apply(out.data<float>(), inp.data<float>(), out.numel(), p, seed, cpu::OutMode::assign);
+  LMTUNE_ASSERT(index0 >= 0, op, ": negative index0 ", index0);
+  cpu::dropout_apply(out.data<float>(), inp.data<float>(), out.numel(), p, seed, static_cast<uint64_t>(index0),
+                     cpu::OutMode::assign);
 }
 
-// dinp = / += dout * keep / (1 - p) (the mask of dropout_forward with the same p and seed).
-void dropout_backward(Tensor& dinp, const Tensor& dout, float p, uint64_t seed, GradWrite mode) {
+// dinp = / += dout * keep / (1 - p) (the mask of dropout_forward with the same p, seed, index0).
+void dropout_backward(Tensor& dinp, const Tensor& dout, float p, uint64_t seed, int64_t index0, GradWrite mode) {
   constexpr const char* op = "dropout_backward";
   check_dtype(dinp, DType::f32, op, "dinp");
   check_dtype(dout, DType::f32, op, "dout");
@@ -436,13 +438,26 @@ void dropout_backward(Tensor& dinp, const Tensor& dout, float p, uint64_t seed, 
   LMTUNE_CHECK(p >= 0.0f && p < 1.0f, op, ": dropout probability ", p, " must be in [0, 1)");
   check_devices(op, dinp, {&dout});
   if (dinp.is_meta()) return;
-  cpu::dropout_apply(dinp.data<float>(), dout.data<float>(), dinp.numel(), p, seed,
+  LMTUNE_ASSERT(index0 >= 0, op, ": negative index0 ", index0);
+  cpu::dropout_apply(dinp.data<float>(), dout.data<float>(), dinp.numel(), p, seed, static_cast<uint64_t>(index0),
                      mode == GradWrite::accumulate ? cpu::OutMode::accumulate : cpu::OutMode::assign);
 }
 
-// The 4-argument form accumulates (dinp += ...), as the LoRA adapter path needs.
-void dropout_backward(Tensor& dinp, const Tensor& dout, float p, uint64_t seed) {
-  dropout_backward(dinp, dout, p, seed, GradWrite::accumulate);
+// ---- LoRA merge ------------------------------------------------------------------------
+
+void lora_merge(Tensor& weight, const Tensor& a, const Tensor& b, float scale) {
+  constexpr const char* op = "lora_merge";
+  LMTUNE_CHECK(weight.dtype() == DType::f32, op, ": merging adapters needs f32 base weights, not ",
+               dtype_name(weight.dtype()));
+  check_dtype(a, DType::f32, op, "a");
+  check_dtype(b, DType::f32, op, "b");
+  LMTUNE_ASSERT(weight.dim() == 2 && a.dim() == 2 && b.dim() == 2, op, ": weight, a, b must be matrices");
+  const int64_t OC = weight.size(0), IC = weight.size(1), r = a.size(0);
+  check_matrix(a, r, IC, op, "a");
+  check_matrix(b, OC, r, op, "b");
+  check_devices(op, weight, {&a, &b});
+  if (weight.is_meta()) return;
+  cpu::lora_merge(weight.data<float>(), a.data<float>(), b.data<float>(), OC, IC, r, scale);
 }
 
 // ---- lm_head + cross-entropy -----------------------------------------------------------

@@ -81,11 +81,12 @@ void scale_inplace(Tensor& t, float scale);                       // t *= scale
 
 // ---- dropout ---------------------------------------------------------------------------
 // out = inp * keep / (1 - p); keep is drawn per element from a counter-based hash of
-// (seed, flat index), so backward regenerates the mask instead of storing it.
-void dropout_forward(Tensor& out, const Tensor& inp, float p, uint64_t seed);
-// dinp = / += dout * keep / (1 - p) with the mask of dropout_forward(p, seed).
-void dropout_backward(Tensor& dinp, const Tensor& dout, float p, uint64_t seed, GradWrite mode);
-void dropout_backward(Tensor& dinp, const Tensor& dout, float p, uint64_t seed);  // accumulates
+// (seed, index0 + flat index), so backward regenerates the mask instead of storing it.
+// index0 is where these elements start in the logical tensor (a data-parallel rank's first
+// row times the row width): every layout then draws the same mask for the same element.
+void dropout_forward(Tensor& out, const Tensor& inp, float p, uint64_t seed, int64_t index0 = 0);
+// dinp = / += dout * keep / (1 - p) with the mask of dropout_forward(p, seed, index0).
+void dropout_backward(Tensor& dinp, const Tensor& dout, float p, uint64_t seed, int64_t index0, GradWrite mode);
 
 // ---- lm_head + softmax cross-entropy, chunked over rows ---------------------------------
 // x (N, C), weight (V, C), targets (N) i32 where a target < 0 is ignored.
@@ -104,6 +105,10 @@ struct AdamWParams {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
 };
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p, int64_t step);
+
+// ---- LoRA merge ------------------------------------------------------------------------
+// weight (OC, IC) f32 += scale * b (OC, r) @ a (r, IC), each element's sum taken in double.
+void lora_merge(Tensor& weight, const Tensor& a, const Tensor& b, float scale);
 
 // ---- utilities -------------------------------------------------------------------------
 int64_t argmax_row(const Tensor& logits, int64_t row);  // logits (N, V) f32, CPU only

@@ -75,14 +75,14 @@ inline uint64_t mix64(uint64_t x) {
 }
 }  // namespace
 
-void dropout_apply(float* out, const float* inp, int64_t n, float p, uint64_t seed, OutMode mode) {
+void dropout_apply(float* out, const float* inp, int64_t n, float p, uint64_t seed, uint64_t index0, OutMode mode) {
   const float keep_scale = 1.0f / (1.0f - p);
   const uint64_t seed_mix = mix64(seed);
 #pragma omp parallel for schedule(static)
   for (int64_t piece = 0; piece < num_pieces(n); ++piece) {
     const int64_t e = std::min(n, (piece + 1) * kPiece);
     for (int64_t i = piece * kPiece; i < e; ++i) {
-      const float u = static_cast<float>(mix64(seed_mix ^ static_cast<uint64_t>(i)) >> 40) * (1.0f / 16777216.0f);
+      const float u = static_cast<float>(mix64(seed_mix ^ (index0 + static_cast<uint64_t>(i))) >> 40) * (1.0f / 16777216.0f);
       const float v = u >= p ? inp[i] * keep_scale : 0.0f;
       if (mode == OutMode::accumulate)
         out[i] += v;

@@ -94,4 +94,15 @@ void set_num_threads(int n) {
 
 int num_threads() { return omp_get_max_threads(); }
 
+void lora_merge(float* weight, const float* a, const float* b, int64_t OC, int64_t IC, int64_t r, float scale) {
+  const double s = scale;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < OC; ++i)
+    for (int64_t j = 0; j < IC; ++j) {
+      double acc = 0;
+      for (int64_t k = 0; k < r; ++k) acc += static_cast<double>(b[i * r + k]) * a[k * IC + j];
+      weight[i * IC + j] += static_cast<float>(s * acc);
+    }
+}
+
 }  // namespace lmtune::cpu

@@ -38,6 +38,13 @@ void linear_backward_bias(float* dbias,       // (OC)
                           const float* dout,  // (N, OC)
                           int64_t N, int64_t OC);
 
+// weight += scale * b @ a, each element's sum over r taken in double (the LoRA merge: exact
+// enough that a merged model computes what the adapter did).
+void lora_merge(float* weight,    // (OC, IC)
+                const float* a,   // (r, IC)
+                const float* b,   // (OC, r)
+                int64_t OC, int64_t IC, int64_t r, float scale);
+
 // dst = float(src) for n elements of a f32/bf16/f16 source (OpenMP-parallel).
 void convert_to_f32(float* dst,       // (n)
                     const void* src,  // (n) of src_dtype

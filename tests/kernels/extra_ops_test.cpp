@@ -101,12 +101,51 @@ TEST(ExtraOps, DropoutMaskIsReproducibleAndGradientMatches) {
   };
   Tensor dout = test::tensor_from(*alloc, {3, 5}, R);
   Tensor dinp = Tensor::empty(*alloc, {3, 5}, DType::f32, MemCategory::activations);
-  ops::dropout_backward(dinp, dout, 0.5f, 7, ops::GradWrite::assign);
+  ops::dropout_backward(dinp, dout, 0.5f, 7, 0, ops::GradWrite::assign);
   EXPECT_LT(grad_check(small, dinp.to_f32(), loss), 1e-3);
   const auto g = dinp.to_f32();
-  ops::dropout_backward(dinp, dout, 0.5f, 7, ops::GradWrite::accumulate);
+  ops::dropout_backward(dinp, dout, 0.5f, 7, 0, ops::GradWrite::accumulate);
   const auto g2 = dinp.to_f32();
   for (size_t i = 0; i < g.size(); ++i) EXPECT_EQ(g2[i], 2 * g[i]);
+}
+
+// A data-parallel rank drops the elements of its rows exactly as one process holding the
+// whole batch does: the two halves with index0 = 0 and N*C reproduce the whole tensor's mask.
+TEST(ExtraOps, DropoutIndexOffsetSplitsTheMaskByRows) {
+  auto alloc = test::cpu_allocator();
+  const int64_t N = 4, C = 37;
+  Tensor inp = random_tensor(*alloc, {2 * N, C}, 12);
+  Tensor whole = Tensor::empty(*alloc, {2 * N, C}, DType::f32, MemCategory::activations);
+  ops::dropout_forward(whole, inp, 0.4f, 99);
+  std::vector<float> halves;
+  for (int64_t h = 0; h < 2; ++h) {
+    Tensor part = Tensor::empty(*alloc, {N, C}, DType::f32, MemCategory::activations);
+    ops::dropout_forward(part, inp.view(h * N * C, {N, C}), 0.4f, 99, h * N * C);
+    const auto v = part.to_f32();
+    halves.insert(halves.end(), v.begin(), v.end());
+  }
+  EXPECT_EQ(halves, whole.to_f32());
+  // and the offset matters: the second half drawn at offset 0 is another mask
+  Tensor wrong = Tensor::empty(*alloc, {N, C}, DType::f32, MemCategory::activations);
+  ops::dropout_forward(wrong, inp.view(N * C, {N, C}), 0.4f, 99, 0);
+  EXPECT_NE(wrong.to_f32(), std::vector<float>(halves.begin() + N * C, halves.end()));
+}
+
+// W += s * B A against a hand loop in double.
+TEST(ExtraOps, LoraMergeAddsTheScaledProduct) {
+  auto alloc = test::cpu_allocator();
+  const int64_t OC = 7, IC = 5, r = 3;
+  Tensor w = random_tensor(*alloc, {OC, IC}, 13), a = random_tensor(*alloc, {r, IC}, 14),
+         b = random_tensor(*alloc, {OC, r}, 15);
+  const auto w0 = w.to_f32(), av = a.to_f32(), bv = b.to_f32();
+  ops::lora_merge(w, a, b, 0.75f);
+  const auto w1 = w.to_f32();
+  for (int64_t i = 0; i < OC; ++i)
+    for (int64_t j = 0; j < IC; ++j) {
+      double acc = 0;
+      for (int64_t k = 0; k < r; ++k) acc += static_cast<double>(bv[i * r + k]) * av[k * IC + j];
+      EXPECT_FLOAT_EQ(w1[i * IC + j], w0[i * IC + j] + static_cast<float>(0.75 * acc));
+    }
 }
 
 }  // namespace

@@ -143,13 +143,56 @@ TEST_F(Lora, DropoutIsReproducibleBySeed) {
   for (const ParamRef& p : model->trainable_parameters()) p.value.data<float>()[0] = 0.5f;  // B != 0
   auto step_loss = [&](uint64_t seed) {
     model->zero_grads();
-    model->set_dropout_seed(seed);
-    return model->forward_backward(make_token_tensor(*a, tokens_, B, T), make_token_tensor(*a, targets_, B, T), 1.0f)
+    return model
+        ->forward_backward(make_token_tensor(*a, tokens_, B, T), make_token_tensor(*a, targets_, B, T), 1.0f,
+                           MicroBatchContext{seed, 0})
         .sum;
   };
   const double a1 = step_loss(1), a2 = step_loss(1), b1 = step_loss(2);
   EXPECT_EQ(a1, a2);
   EXPECT_NE(a1, b1);
+}
+
+// Data parallelism splits a micro-batch by rows: the rank holding row 1 passes row_offset
+// = 1 * T and draws exactly the dropout masks one process draws for that row, so the two
+// halves' losses and summed gradients equal the whole batch's.
+TEST_F(Lora, DropoutOfARowDependsOnItsGlobalIndexOnly) {
+  auto a = Allocator::create(Device::cpu());
+  auto model = LlamaModel::load(dir_, *a, lora_options(DType::f32, 0.3));
+  model->allocate_grads();
+  for (const ParamRef& p : model->trainable_parameters()) p.value.data<float>()[0] = 0.5f;  // B != 0
+  const MicroBatchContext whole{7, 0};
+  model->zero_grads();
+  const LossResult full =
+      model->forward_backward(make_token_tensor(*a, tokens_, B, T), make_token_tensor(*a, targets_, B, T), 1.0f, whole);
+  std::vector<std::vector<float>> full_grads;
+  for (const ParamRef& p : model->trainable_parameters()) full_grads.push_back(p.grad.to_f32());
+
+  auto half = [&](int row, int64_t offset) {
+    const std::vector<int32_t> tok(tokens_.begin() + row * T, tokens_.begin() + (row + 1) * T);
+    const std::vector<int32_t> tgt(targets_.begin() + row * T, targets_.begin() + (row + 1) * T);
+    return model->forward_backward(make_token_tensor(*a, tok, 1, T), make_token_tensor(*a, tgt, 1, T), 1.0f,
+                                   MicroBatchContext{7, offset});
+  };
+  model->zero_grads();
+  const double split = half(0, 0).sum + half(1, T).sum;
+  EXPECT_NEAR(split, full.sum, 1e-6 * std::abs(full.sum));  // f32 GEMMs of 1 row vs 2
+  size_t i = 0;
+  double worst = 0, scale = 0;
+  for (const ParamRef& p : model->trainable_parameters()) {
+    const auto g = p.grad.to_f32();
+    for (size_t k = 0; k < g.size(); ++k) {
+      worst = std::max(worst, static_cast<double>(std::abs(g[k] - full_grads[i][k])));
+      scale = std::max(scale, static_cast<double>(std::abs(full_grads[i][k])));
+    }
+    ++i;
+  }
+  EXPECT_GT(scale, 0.0);
+  EXPECT_LE(worst, 1e-5 * scale);
+
+  // The second row drawn as if it were the first (offset 0) is another mask, another loss.
+  model->zero_grads();
+  EXPECT_NE(half(1, 0).sum, half(1, T).sum);
 }
 
 }  // namespace

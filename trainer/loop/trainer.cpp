@@ -183,11 +183,11 @@ double run_step(LlamaModel& model, AdamW& adam, const std::vector<ParamRef>& tra
   alloc.set_phase("train step");
   for (size_t i = 0; i < micro.size(); ++i) {
     const Batch& b = micro[i];
-    model.set_dropout_seed(mix_seed(c.train.seed, static_cast<uint64_t>(step), i));
+    const MicroBatchContext ctx{mix_seed(c.train.seed, static_cast<uint64_t>(step), i), 0};
     loss_sum += model
                     .forward_backward(make_token_tensor(alloc, b.tokens, b.B, b.T),
                                       make_token_tensor(alloc, b.targets, b.B, b.T),
-                                      static_cast<float>(1.0 / static_cast<double>(n_targets)))
+                                      static_cast<float>(1.0 / static_cast<double>(n_targets)), ctx)
                     .sum;
   }
   const double loss = loss_sum / static_cast<double>(n_targets);

@@ -1,48 +1,65 @@
-// The LLaMA model: embedding, blocks of (RMSNorm, GQA attention with RoPE, RMSNorm,
-// SwiGLU MLP) with residuals, final RMSNorm, lm_head (tied or not). Forward and backward
-// are written by hand, one op at a time (kernels/ops.h); each block saves exactly the
-// activations its backward needs, in BlockActivations.
+// The LLaMA model — design note.
 //
-// Memory layout: every block's parameters live in two flat buffers — `matrices` (the seven
-// projections, weight dtype) and `vectors` (norm weights and q/k/v biases, f32) — and its
-// gradients in two more of the same layout, so ZeRO-3 can shard a block and the optimizer
-// can walk it. The embedding, final norm and untied lm_head are the "outer" parameters
-// with buffers of their own. Everything comes from the model's Allocator, so the same
-// code on the meta device predicts the memory of a real run exactly.
+// Embedding, blocks of (RMSNorm, GQA attention with RoPE, RMSNorm, SwiGLU MLP) with
+// residuals, final RMSNorm, lm_head (tied or not). Forward and backward are written by
+// hand, one op at a time (kernels/ops.h); each block saves exactly the activations its
+// backward needs, in BlockActivations.
+//
+// Units and stages. The model is a sequence of units — the embedding (unit 0), the blocks
+// (units 1..L), the head (final norm + lm_head + loss, unit L+1) — whose parameters the
+// pure layout table (param_layout.h) places in flat group buffers. Each unit is a stage
+// that can be driven from outside: embed_forward/embed_backward, block(l).forward/backward,
+// head_loss_forward_backward. forward_backward() is a short composition of them that calls
+// UnitHooks around every unit: that is where a parameter store gathers and releases
+// (ZeRO-3), where data parallelism starts a gradient reduction as soon as a unit's
+// gradients are final, and a pipeline executor drives the same pieces from a schedule.
+//
+// Storage. The model never carves buffers by hand: bind_params(unit, buffers) and
+// bind_grads(unit, buffers) give a unit views of storage someone owns, made from the
+// layout. With ParamStorage::dense the model allocates every unit's parameters itself and
+// binds them once (inference, single-process training); with ParamStorage::external it
+// allocates nothing and a parameter store binds units as it sees fit. Gradients come from
+// allocate_grads(): one flat f32 buffer per bucket of consecutive units (in backward
+// order), so a data-parallel reduction is one in-place collective per bucket.
+//
+// Randomness. Anything random in a forward (LoRA dropout) derives from the
+// MicroBatchContext passed to it — the micro-batch's seed and the global row index of this
+// rank's first row — and is saved with the activations, so any layout and any schedule
+// draws exactly what one process draws.
+//
+// Everything comes from the model's Allocator, so the same code on the meta device
+// predicts the memory of a real run exactly.
 #pragma once
 
-#include <filesystem>
 #include <array>
+#include <filesystem>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "trainer/core/tensor.h"
 #include "trainer/model/config.h"
 #include "trainer/model/linear.h"
-#include "trainer/peft/lora.h"
+#include "trainer/model/param_layout.h"
 
 namespace lmtune {
 
 class SafeTensorsReader;
 
-// Frozen parameters are category `weights`; trainable ones `trainable` (and get grads).
-enum class ParamRole { frozen, trainable };
-
-struct ModelOptions {
-  ParamRole role = ParamRole::frozen;  // of the base model's parameters
-  // Storage dtype of the blocks' projection matrices (bf16/f16 only while frozen).
-  DType weight_dtype = DType::f32;
-  // LoRA adapters (trainable, f32) on the listed projections of every block.
-  std::optional<LoraOptions> lora;
-  uint64_t seed = 0;  // initialisation of the LoRA A matrices
-};
-
 struct LossResult {
   double sum = 0.0;   // sum of -log p(target) over predicted tokens
   int64_t count = 0;  // number of predicted (non-ignored) tokens
   double mean() const { return count ? sum / static_cast<double>(count) : 0.0; }
+};
+
+// What random draws of one micro-batch depend on. The same seed on every rank; row_offset
+// is the global index (in tokens: sequence index * T) of this rank's first row within the
+// micro-batch one process would see.
+struct MicroBatchContext {
+  uint64_t seed = 0;
+  int64_t row_offset = 0;
 };
 
 // What one block's backward needs, saved by its forward. N = B*T rows.
@@ -54,6 +71,7 @@ struct BlockActivations {
   Tensor res1;              // (N, C) x_in + o_proj(att)
   Tensor ln2, ln2_rstd;     // (N, C), (N)
   Tensor gate, up, act;     // (N, H) x3; act = silu(gate) * up
+  MicroBatchContext ctx;    // the draws of the forward, replayed by the backward
 };
 
 // Per-layer key/value cache for incremental decoding: k, v (B, S, Hkv, D).
@@ -63,48 +81,71 @@ struct KVCache {
   int64_t length = 0;    // positions filled
 };
 
+// Called around every unit by forward_backward / forward_loss. The head's forward and
+// backward are one fused call (the loss is computed chunk by chunk with its gradient), so
+// for the head unit the sequence is before_forward, before_backward, after_backward.
+class UnitHooks {
+ public:
+  virtual ~UnitHooks() = default;
+  virtual void before_forward(int unit) {}
+  virtual void after_forward(int unit) {}
+  virtual void before_backward(int unit) {}
+  // This micro-batch's gradients of the unit have all been added.
+  virtual void after_backward(int unit) {}
+};
+
 class LlamaBlock {
  public:
-  LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const ModelOptions& opts, int index);
+  // `layout` is this block's unit of the model layout; projections come from `factory`.
+  LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const UnitLayout& layout, const LinearFactory& factory,
+             int index);
+  // Views of the unit's rows (params) and of their gradients (grads; empty or undefined
+  // where frozen).
+  void bind(std::span<const Tensor> params, std::span<const Tensor> grads);
   // Forward for B sequences of T new tokens at positions [pos0, pos0 + T). With a cache,
   // this block's k/v rows are written into it and attention reads all pos0 + T rows;
   // without, k/v are fresh tensors (pos0 must be 0). x (N, C) -> returned (N, C).
-  Tensor forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, KVCache* cache, BlockActivations* save);
+  Tensor forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, KVCache* cache, BlockActivations* save,
+                 const MicroBatchContext& ctx = {});
   // Given dx (N, C) = d loss / d output, overwrites it with d loss / d input; parameter
   // grads accumulate. `acts` are released as they are consumed.
   void backward(Tensor& dx, BlockActivations& acts, int64_t B, int64_t T);
 
-  // Gradients for what trains: the base parameters when their role is trainable, the
-  // adapters when there are any.
-  void allocate_grads();
-  void collect_parameters(std::vector<ParamRef>& out);
-  void set_dropout_seed(uint64_t seed);
   void merge_adapters();
-  Tensor& matrices() { return matrices_; }
-  Tensor& vectors() { return vectors_; }
-  Tensor& adapters() { return adapters_; }
 
   // In the order of lora_target_names() (q, k, v, o, gate, up, down).
   enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kNumProj };
 
  private:
   Linear& proj(Proj p) { return *proj_[p]; }
+  LinearContext proj_context(const MicroBatchContext& ctx, int p) const;
 
   const LlamaConfig cfg_;
   Allocator& alloc_;
-  ModelOptions opts_;
+  const UnitLayout& layout_;
   int index_;
-  Tensor matrices_, vectors_, grad_matrices_, grad_vectors_;  // base parameters and their grads
-  Tensor adapters_, grad_adapters_;                           // LoRA A and B of every target
+  int ln1_row_, ln2_row_;
   Tensor ln1_w_, ln2_w_, dln1_w_, dln2_w_;
-  std::array<std::unique_ptr<Linear>, kNumProj> proj_;  // what forward calls (dense or LoRA)
-  std::array<DenseLinear*, kNumProj> dense_{};          // the base layers, owned through proj_
-  std::array<LoraLinear*, kNumProj> lora_{};            // null where no adapter
+  std::array<std::unique_ptr<Linear>, kNumProj> proj_;
+  bool trains_ = false;
+};
+
+// Where a model's parameters live: allocated and bound by the model (dense), or bound
+// from outside by a parameter store (external).
+enum class ParamStorage { dense, external };
+
+// One gradient bucket: a flat f32 buffer holding the gradients of consecutive units.
+struct GradBucket {
+  Tensor flat;
+  std::vector<int> units;  // in backward order (highest unit first)
 };
 
 class LlamaModel {
  public:
-  LlamaModel(const LlamaConfig& cfg, Allocator& alloc, ModelOptions opts = {});
+  static constexpr int64_t kDefaultBucketBytes = int64_t{25} << 20;
+
+  LlamaModel(const LlamaConfig& cfg, Allocator& alloc, ModelOptions opts = {},
+             ParamStorage storage = ParamStorage::dense);
   // Reads dir/config.json and the safetensors weights (single or sharded) into a new model.
   // On the meta device the weights are only checked (names, shapes), not read.
   static std::unique_ptr<LlamaModel> load(const std::filesystem::path& dir, Allocator& alloc, ModelOptions opts = {});
@@ -113,26 +154,49 @@ class LlamaModel {
   const LlamaConfig& config() const { return cfg_; }
   Allocator& allocator() const { return alloc_; }
   const ModelOptions& options() const { return opts_; }
-  // Parameters with their HF names (lm_head.weight only when untied); LoRA adapters as
-  // <module>.lora_A.weight / <module>.lora_B.weight.
+  const ModelLayout& layout() const { return layout_; }
+
+  // ---- storage ----
+  void bind_params(int unit, const UnitBuffers& buffers);
+  void bind_grads(int unit, const UnitBuffers& buffers);
+  // Gradient buckets of at most bucket_bytes (a unit larger than that is a bucket of its
+  // own), zero-filled, category `grads`, bound to the units that train.
+  void allocate_grads(int64_t bucket_bytes = kDefaultBucketBytes);
+  const std::vector<GradBucket>& grad_buckets() const { return buckets_; }
+  void zero_grads();
+  // Parameters with their HF names, in layout order (unit by unit); LoRA adapters as
+  // <module>.lora_A.weight / <module>.lora_B.weight. Views of what is bound now.
   std::vector<ParamRef> parameters();
   // The ones that train (those with a gradient once allocate_grads has run).
   std::vector<ParamRef> trainable_parameters();
-  void allocate_grads();  // zero-filled, category `grads`
-  void zero_grads();
-  // Seeds the LoRA dropout masks of the next forward/backward (call once per micro-batch).
-  void set_dropout_seed(uint64_t seed);
+  // LoRA A of every block from options().seed (B is left as it is: zero when fresh).
+  void init_adapters();
   // Folds every LoRA adapter into its base weight (W += scaling * B A, in double) and zeroes
   // B, so the model computes the same function with the adapters now inert. The base must
   // be f32. No-op on meta.
   void merge_adapters();
 
-  // Training: forward, loss (fused with lm_head, chunked) and backward in one pass.
+  // ---- stages ----
+  int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  LlamaBlock& block(int layer) { return *blocks_[layer]; }
+  // (N, C) rows of the embedding table for tokens (B, T).
+  Tensor embed_forward(const Tensor& tokens);
+  // Adds the embedding's gradient for dx (N, C) (nothing when the embedding is frozen).
+  void embed_backward(const Tensor& dx, const Tensor& tokens);
+  // Final norm, lm_head and the cross-entropy of x (N, C) against targets (N) — fused with
+  // their backward: dx (N, C) gets d (loss_scale * loss sum) / d x, and the head's
+  // gradients accumulate. The full (N, V) logits never exist.
+  LossResult head_loss_forward_backward(const Tensor& x, const Tensor& targets, float loss_scale, Tensor& dx);
+  // The same loss without gradients.
+  LossResult head_loss(const Tensor& x, const Tensor& targets);
+
+  // Training: forward, loss and backward of one micro-batch, composed of the stages.
   // tokens, targets (B, T) i32 on the model's device; a target < 0 is ignored. Gradients
   // of loss_scale * (sum of token losses) accumulate into the grads.
-  LossResult forward_backward(const Tensor& tokens, const Tensor& targets, float loss_scale);
+  LossResult forward_backward(const Tensor& tokens, const Tensor& targets, float loss_scale,
+                              const MicroBatchContext& ctx = {}, UnitHooks* hooks = nullptr);
   // Evaluation: the loss only; no activations are kept beyond the block being computed.
-  LossResult forward_loss(const Tensor& tokens, const Tensor& targets);
+  LossResult forward_loss(const Tensor& tokens, const Tensor& targets, UnitHooks* hooks = nullptr);
   // Logits for every position: (B*T, V), category activations.
   Tensor forward_logits(const Tensor& tokens);
 
@@ -143,17 +207,20 @@ class LlamaModel {
   Tensor forward_cached(const Tensor& tokens, KVCache& cache);
 
  private:
-  Tensor embed(const Tensor& tokens);  // (N, C)
   const Tensor& lm_head_weight() const;
+  Tensor& lm_head_grad();
   Tensor final_norm(const Tensor& x, Tensor* rstd);
 
   LlamaConfig cfg_;
   Allocator& alloc_;
   ModelOptions opts_;
-  Tensor embed_w_, norm_w_, head_w_;     // head_w_ undefined when tied
-  Tensor dembed_w_, dnorm_w_, dhead_w_;  // grads
+  ModelLayout layout_;
+  LinearFactory factory_;
   std::vector<std::unique_ptr<LlamaBlock>> blocks_;
-  bool grads_allocated_ = false;
+  std::vector<std::vector<Tensor>> params_, grads_;  // per unit, per row (bound views)
+  ParamStorage storage_;
+  std::vector<GradBucket> buckets_;
+  int embed_row_, norm_row_, head_row_;  // rows in units 0 and L+1 (head_row_ -1 when tied)
 };
 
 // True for LoRA adapter parameter names (<module>.lora_A.weight / .lora_B.weight).

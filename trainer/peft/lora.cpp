@@ -1,5 +1,6 @@
 #include "trainer/peft/lora.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "trainer/core/error.h"
@@ -9,6 +10,10 @@ namespace lmtune {
 
 double LoraOptions::scaling() const {
   return rslora == RsLora::yes ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
+}
+
+bool LoraOptions::targets_projection(const std::string& short_name) const {
+  return std::find(targets.begin(), targets.end(), short_name) != targets.end();
 }
 
 const std::vector<std::string>& lora_target_names() {
@@ -27,34 +32,50 @@ std::string lora_module_path(const std::string& target) {
   LMTUNE_THROW("unknown LoRA target module '", target, "' (expected q, k, v, o, gate, up, down or all-linear)");
 }
 
-LoraLinear::LoraLinear(std::unique_ptr<Linear> base, Tensor a, Tensor b, float scaling, float dropout)
-    : base_(std::move(base)), a_(std::move(a)), b_(std::move(b)), scaling_(scaling), dropout_(dropout) {
-  LMTUNE_ASSERT(a_.dim() == 2 && b_.dim() == 2 && a_.size(1) == base_->in_features() &&
-                    b_.size(0) == base_->out_features() && a_.size(0) == b_.size(1),
-                "LoRA shapes A ", shape_str(a_.shape()), " B ", shape_str(b_.shape()));
+LoraLinear::LoraLinear(std::unique_ptr<Linear> base, int base_weight_row, int a_row, int b_row, float scaling,
+                       float dropout)
+    : base_(std::move(base)),
+      base_weight_row_(base_weight_row),
+      a_row_(a_row),
+      b_row_(b_row),
+      scaling_(scaling),
+      dropout_(dropout) {}
+
+void LoraLinear::bind(std::span<const Tensor> params, std::span<const Tensor> grads) {
+  base_->bind(params, grads);
+  base_weight_ = params[base_weight_row_];
+  a_ = params[a_row_];
+  b_ = params[b_row_];
+  da_ = grads.empty() ? Tensor() : grads[a_row_];
+  db_ = grads.empty() ? Tensor() : grads[b_row_];
+  if (a_.defined())
+    LMTUNE_ASSERT(a_.dim() == 2 && b_.dim() == 2 && a_.size(1) == base_->in_features() &&
+                      b_.size(0) == base_->out_features() && a_.size(0) == b_.size(1),
+                  "LoRA shapes A ", shape_str(a_.shape()), " B ", shape_str(b_.shape()));
 }
 
-Tensor LoraLinear::dropped_input(const Tensor& inp) const {
+Tensor LoraLinear::dropped_input(const Tensor& inp, const LinearContext& ctx) const {
   if (dropout_ <= 0.0f) return inp;
   Tensor x = Tensor::empty(inp.allocator(), inp.shape(), DType::f32, MemCategory::activations);
-  ops::dropout_forward(x, inp, dropout_, seed_);
+  ops::dropout_forward(x, inp, dropout_, ctx.seed, ctx.row_offset * inp.size(-1));
   return x;
 }
 
-void LoraLinear::forward(Tensor& out, const Tensor& inp) const {
-  base_->forward(out, inp);
+void LoraLinear::forward(Tensor& out, const Tensor& inp, const LinearContext& ctx) const {
+  base_->forward(out, inp, ctx);
   const int64_t N = inp.size(0), r = a_.size(0);
-  const Tensor x = dropped_input(inp);
+  const Tensor x = dropped_input(inp, ctx);
   Tensor h = Tensor::empty(inp.allocator(), {N, r}, DType::f32, MemCategory::activations);
   ops::linear_forward(h, x, a_, nullptr);
   ops::linear_forward(out, h, b_, nullptr, ops::GradWrite::accumulate, scaling_);  // out += s * h B^T
 }
 
-void LoraLinear::backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, ops::GradWrite mode) {
+void LoraLinear::backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, const LinearContext& ctx,
+                          ops::GradWrite mode) {
   using ops::GradWrite;
-  base_->backward(dinp, dout, inp, mode);
+  base_->backward(dinp, dout, inp, ctx, mode);
   const int64_t N = inp.size(0), r = a_.size(0);
-  const Tensor x = dropped_input(inp);
+  const Tensor x = dropped_input(inp, ctx);
   // recompute h = x A^T, scaled: hs = s * h
   Tensor hs = Tensor::empty(inp.allocator(), {N, r}, DType::f32, MemCategory::activations);
   ops::linear_forward(hs, x, a_, nullptr, GradWrite::assign, 1.0f);
@@ -75,14 +96,15 @@ void LoraLinear::backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, o
   } else {
     Tensor dx = Tensor::empty(inp.allocator(), inp.shape(), DType::f32, MemCategory::activations);
     ops::linear_backward(&dx, da_.defined() ? &da_ : nullptr, nullptr, dh, x, a_, GradWrite::assign);
-    ops::dropout_backward(*dinp, dx, dropout_, seed_);  // dinp += mask * dx / (1 - p)
+    // dinp += mask * dx / (1 - p)
+    ops::dropout_backward(*dinp, dx, dropout_, ctx.seed, ctx.row_offset * inp.size(-1), GradWrite::accumulate);
   }
 }
 
-void LoraLinear::collect_parameters(const std::string& prefix, std::vector<ParamRef>& out) {
-  base_->collect_parameters(prefix, out);
-  out.push_back({prefix + ".lora_A.weight", a_, da_});
-  out.push_back({prefix + ".lora_B.weight", b_, db_});
+void LoraLinear::merge_adapter() {
+  if (base_weight_.is_meta()) return;
+  ops::lora_merge(base_weight_, a_, b_, scaling_);
+  b_.zero_();
 }
 
 void lora_init_a(Tensor& a, uint64_t seed) {

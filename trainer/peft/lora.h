@@ -1,12 +1,12 @@
 // LoRA: y = base(x) + scaling * (dropout(x) A^T) B^T with A (r, in) Kaiming-uniform and
 // B (out, r) zero at initialisation; scaling = alpha / r (alpha / sqrt(r) for rsLoRA).
 // The base layer is frozen (its own dtype, category `weights`); A and B are f32 views
-// into the block's adapter buffer (category `trainable`).
+// into the unit's adapter group (category `trainable`).
 //
 // Saved for backward: nothing beyond the layer input the block already saves — the (N, r)
 // intermediate is recomputed in backward (r is small), and the dropout mask is regenerated
-// from its seed (a counter-based hash of seed, call and element), so the memory read off the
-// block is the memory held.
+// from the context (a counter-based hash of the layer's seed and the element's global index),
+// so the memory read off the block is the memory held.
 #pragma once
 
 #include <cstdint>
@@ -15,39 +15,24 @@
 #include <vector>
 
 #include "trainer/model/linear.h"
+#include "trainer/peft/lora_options.h"
 
 namespace lmtune {
 
-enum class RsLora { no, yes };
-
-struct LoraOptions {
-  int64_t rank = 8;
-  double alpha = 16.0;
-  double dropout = 0.0;
-  RsLora rslora = RsLora::no;
-  // Any of q, k, v, o, gate, up, down.
-  std::vector<std::string> targets = {"q", "v"};
-  double scaling() const;
-};
-
-// The short names and their HF module paths inside a block.
-const std::vector<std::string>& lora_target_names();   // q, k, v, o, gate, up, down
-std::string lora_module_path(const std::string& target);  // "self_attn.q_proj", "mlp.up_proj", ...
-
 class LoraLinear final : public Linear {
  public:
-  // a (r, in) and b (out, r) are views the owner provides (f32).
-  LoraLinear(std::unique_ptr<Linear> base, Tensor a, Tensor b, float scaling, float dropout);
-  void set_grads(Tensor da, Tensor db) { da_ = std::move(da); db_ = std::move(db); }
-  // The dropout mask depends on (seed, the step counter the trainer sets).
-  void set_dropout_seed(uint64_t seed) { seed_ = seed; }
+  // a_row (r, in) and b_row (out, r) index the unit's rows (f32); base_weight_row is the
+  // base layer's weight (out, in), which merge_adapter() adds to.
+  LoraLinear(std::unique_ptr<Linear> base, int base_weight_row, int a_row, int b_row, float scaling, float dropout);
 
   int64_t in_features() const override { return base_->in_features(); }
   int64_t out_features() const override { return base_->out_features(); }
-  void forward(Tensor& out, const Tensor& inp) const override;
-  void backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, ops::GradWrite mode) override;
-  // Base parameters as prefix.weight; adapters as prefix.lora_A.weight / prefix.lora_B.weight.
-  void collect_parameters(const std::string& prefix, std::vector<ParamRef>& out) override;
+  void bind(std::span<const Tensor> params, std::span<const Tensor> grads) override;
+  void forward(Tensor& out, const Tensor& inp, const LinearContext& ctx) const override;
+  void backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, const LinearContext& ctx,
+                ops::GradWrite mode) override;
+  // W += scaling * B A (in double), then B = 0. No-op on meta.
+  void merge_adapter() override;
 
   Linear& base() { return *base_; }
   const Tensor& a() const { return a_; }
@@ -55,13 +40,13 @@ class LoraLinear final : public Linear {
   float scaling() const { return scaling_; }
 
  private:
-  Tensor dropped_input(const Tensor& inp) const;  // inp itself when dropout == 0
+  Tensor dropped_input(const Tensor& inp, const LinearContext& ctx) const;  // inp itself when dropout == 0
 
   std::unique_ptr<Linear> base_;
-  Tensor a_, b_, da_, db_;
+  int base_weight_row_, a_row_, b_row_;
+  Tensor base_weight_, a_, b_, da_, db_;
   float scaling_;
   float dropout_;
-  uint64_t seed_ = 0;
 };
 
 // Kaiming-uniform(a = sqrt(5)) for A, as PEFT/nn.Linear do: U(-1/sqrt(in), 1/sqrt(in)),

@@ -1,0 +1,136 @@
+#include "trainer/model/param_layout.h"
+
+#include "trainer/core/error.h"
+#include "trainer/model/linear.h"
+
+namespace lmtune {
+
+const char* param_group_kind_name(ParamGroupKind k) {
+  switch (k) {
+    case ParamGroupKind::base: return "base";
+    case ParamGroupKind::base_f32: return "base_f32";
+    case ParamGroupKind::adapters: return "adapters";
+  }
+  return "?";
+}
+
+int UnitLayout::find(std::string_view row_name) const {
+  for (size_t i = 0; i < rows.size(); ++i)
+    if (rows[i].name == row_name) return static_cast<int>(i);
+  return -1;
+}
+
+int UnitLayout::index(std::string_view row_name) const {
+  const int i = find(row_name);
+  LMTUNE_ASSERT(i >= 0, "unit '", name, "' has no parameter '", row_name, "'");
+  return i;
+}
+
+int UnitLayout::group_of(ParamGroupKind kind) const {
+  for (size_t g = 0; g < groups.size(); ++g)
+    if (groups[g].kind == kind) return static_cast<int>(g);
+  return -1;
+}
+
+bool UnitLayout::trains() const {
+  for (const ParamGroup& g : groups)
+    if (g.trains) return true;
+  return false;
+}
+
+int64_t UnitLayout::trainable_numel() const {
+  int64_t n = 0;
+  for (const ParamGroup& g : groups)
+    if (g.trains) n += g.numel;
+  return n;
+}
+
+UnitLayoutBuilder::UnitLayoutBuilder(std::string unit_name, const ModelOptions& opts) : opts_(opts) {
+  unit_.name = std::move(unit_name);
+}
+
+void UnitLayoutBuilder::add(ParamGroupKind kind, std::string name, Shape shape) {
+  ParamRow r;
+  r.name = std::move(name);
+  r.shape = std::move(shape);
+  pending_.emplace_back(kind, std::move(r));
+}
+
+UnitLayout UnitLayoutBuilder::finish() {
+  const bool base_trains = opts_.role == ParamRole::trainable;
+  const MemCategory base_cat = base_trains ? MemCategory::trainable : MemCategory::weights;
+  for (ParamGroupKind kind : {ParamGroupKind::base, ParamGroupKind::base_f32, ParamGroupKind::adapters}) {
+    ParamGroup g;
+    g.kind = kind;
+    g.dtype = kind == ParamGroupKind::base ? opts_.weight_dtype : DType::f32;
+    g.category = kind == ParamGroupKind::adapters ? MemCategory::trainable : base_cat;
+    g.trains = kind == ParamGroupKind::adapters || base_trains;
+    const int index = static_cast<int>(unit_.groups.size());
+    bool any = false;
+    for (auto& [k, row] : pending_) {
+      if (k != kind) continue;
+      any = true;
+      row.dtype = g.dtype;
+      row.group = index;
+      row.offset = g.numel;
+      g.numel += row.numel();
+    }
+    if (any) unit_.groups.push_back(g);
+  }
+  // rows in the order they were added
+  for (auto& [k, row] : pending_) unit_.rows.push_back(std::move(row));
+  pending_.clear();
+  return std::move(unit_);
+}
+
+std::vector<Tensor> row_views(const UnitLayout& layout, const UnitBuffers& buffers) {
+  LMTUNE_ASSERT(buffers.groups.size() == layout.groups.size(), "unit '", layout.name, "' has ", layout.groups.size(),
+                " parameter groups; ", buffers.groups.size(), " buffers were given");
+  std::vector<Tensor> views(layout.rows.size());
+  for (size_t i = 0; i < layout.rows.size(); ++i) {
+    const ParamRow& r = layout.rows[i];
+    const Tensor& flat = buffers.groups[r.group];
+    if (!flat.defined()) continue;
+    LMTUNE_ASSERT(flat.numel() >= layout.groups[r.group].numel, "unit '", layout.name, "': group ", r.group, " holds ",
+                  flat.numel(), " elements, its layout needs ", layout.groups[r.group].numel);
+    views[i] = flat.view(r.offset, r.shape);
+  }
+  return views;
+}
+
+std::vector<ProjSpec> block_proj_specs(const LlamaConfig& cfg) {
+  const int64_t C = cfg.hidden_size, H = cfg.intermediate_size;
+  const int64_t qd = cfg.num_attention_heads * cfg.head_dim(), kvd = cfg.kv_dim();
+  const bool b = cfg.attention_bias;
+  return {{"q", 0, qd, C, b},   {"k", 1, kvd, C, b},   {"v", 2, kvd, C, b},  {"o", 3, C, qd, false},
+          {"gate", 4, H, C, false}, {"up", 5, H, C, false}, {"down", 6, C, H, false}};
+}
+
+ModelLayout model_param_layout(const LlamaConfig& cfg, const ModelOptions& opts) {
+  const int64_t C = cfg.hidden_size, V = cfg.vocab_size;
+  const LinearFactory factory(opts);
+  ModelLayout m;
+  {
+    UnitLayoutBuilder b("embed", opts);
+    b.add(ParamGroupKind::base_f32, "model.embed_tokens.weight", {V, C});
+    m.units.push_back(b.finish());
+  }
+  const std::vector<ProjSpec> projs = block_proj_specs(cfg);
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const std::string prefix = "model.layers." + std::to_string(l) + ".";
+    UnitLayoutBuilder b("layers." + std::to_string(l), opts);
+    b.add(ParamGroupKind::base_f32, prefix + "input_layernorm.weight", {C});
+    b.add(ParamGroupKind::base_f32, prefix + "post_attention_layernorm.weight", {C});
+    for (const ProjSpec& p : projs) factory.declare(p, prefix, b);
+    m.units.push_back(b.finish());
+  }
+  {
+    UnitLayoutBuilder b("head", opts);
+    b.add(ParamGroupKind::base_f32, "model.norm.weight", {C});
+    if (!cfg.tie_word_embeddings) b.add(ParamGroupKind::base_f32, "lm_head.weight", {V, C});
+    m.units.push_back(b.finish());
+  }
+  return m;
+}
+
+}  // namespace lmtune
