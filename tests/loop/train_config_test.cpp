@@ -613,8 +613,27 @@ TEST_F(TrainConfigTest, BadOverrideIntoAScalar) {
   expect_error(minimal() + "method: lora\n", {"method", "method.lora.rank=4", "not a mapping"}, {"method.lora.rank=4"});
 }
 
-TEST_F(TrainConfigTest, BadParallelDataParallelNotSupportedYet) {
-  expect_error(minimal() + "parallel:\n  dp: 2\n", {"parallel.dp", "dp=2", "not supported yet"});
+TEST_F(TrainConfigTest, DataParallelSettings) {
+  const TrainConfig c = parse_train_config(minimal() + "parallel:\n  dp: 4\n  bucket_mb: 1.5\n  overlap_grad_reduce: false\n",
+                                           "cfg.yaml", {});
+  EXPECT_EQ(c.parallel.dp, 4);
+  EXPECT_EQ(c.parallel.bucket_mb, 1.5);
+  EXPECT_FALSE(c.parallel.overlap_grad_reduce);
+  const TrainConfig a = parse_train_config(minimal(), "cfg.yaml", {"parallel.dp=auto"});
+  EXPECT_EQ(a.parallel.dp, ParallelSection::kAuto);
+  // "auto" survives the round trip through the resolved YAML
+  EXPECT_NE(to_yaml(a).find("dp: auto"), std::string::npos);
+  EXPECT_EQ(parse_train_config(to_yaml(a), "resolved.yaml", {}), a);
+}
+
+TEST_F(TrainConfigTest, BadParallelDataParallel) {
+  expect_error(minimal() + "parallel:\n  dp: 0\n", {"parallel.dp", "expected an integer >= 1 or 'auto'", "'0'"});
+  expect_error(minimal() + "parallel:\n  dp: all\n", {"parallel.dp", "expected an integer >= 1 or 'auto'", "'all'"});
+  expect_error(minimal() + "parallel:\n  bucket_mb: 0\n", {"parallel.bucket_mb", "(0, 1e6]"});
+}
+
+TEST_F(TrainConfigTest, BadParallelTensorParallelNotSupportedYet) {
+  expect_error(minimal() + "parallel:\n  tp: 2\n", {"parallel.tp", "tp=2", "not supported yet"});
 }
 
 TEST_F(TrainConfigTest, BadParallelRecomputeNotSupportedYet) {

@@ -51,7 +51,7 @@ const std::vector<SectionSchema>& schema() {
        {"max_steps", "epochs", "micro_batch_size", "grad_accum_steps", "lr", "min_lr_ratio", "weight_decay",
         "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "max_grad_norm", "seed", "threads",
         "log_every", "eval_every", "eval_batches", "save_every", "sample_prompt", "sample_tokens", "resume_from"}},
-      {"parallel", {"dp", "tp", "pp", "zero", "recompute", "offload"}},
+      {"parallel", {"dp", "tp", "pp", "zero", "recompute", "offload", "bucket_mb", "overlap_grad_reduce"}},
       {"output", {"dir", "overwrite"}},
   };
   return kSchema;
@@ -777,10 +777,13 @@ void read_train(Context& ctx, const YAML::Node& node, TrainSection& t) {
 void read_parallel(Context& ctx, const YAML::Node& node, ParallelSection& p) {
   Section s(ctx, node, "parallel");
   const std::string later =
-      " is not supported yet: this release trains in a single process (dp=1, tp=1, pp=1, zero=0, "
-      "recompute=none, offload=none); parallel strategies come in a later release";
-  for (const char* key : {"dp", "tp", "pp"}) {
-    int64_t& field = key[0] == 'd' ? p.dp : key[0] == 't' ? p.tp : p.pp;
+      " is not supported yet: this release runs data parallelism only (any dp, tp=1, pp=1, zero=0, "
+      "recompute=none, offload=none); the other strategies come in a later release";
+  const YAML::Node dp = s.get("dp");
+  if (dp.IsDefined() && dp.IsScalar() && dp.Scalar() == "auto") p.dp = ParallelSection::kAuto;
+  else read_int(s, "dp", p.dp, [](int64_t v) { return v >= 1; }, "an integer >= 1 or 'auto'");
+  for (const char* key : {"tp", "pp"}) {
+    int64_t& field = key[0] == 't' ? p.tp : p.pp;
     if (read_int(s, key, field, [](int64_t v) { return v >= 1; }, "an integer >= 1") && field != 1)
       ctx.fail(s.key_path(key), s.get(key), std::string(key) + "=" + std::to_string(field) + later);
   }
@@ -791,6 +794,8 @@ void read_parallel(Context& ctx, const YAML::Node& node, ParallelSection& p) {
              "recompute=" + std::string(to_string(p.recompute)) + later);
   if (read_enum(s, "offload", p.offload, kOffload) && p.offload != Offload::none)
     ctx.fail("parallel.offload", s.get("offload"), "offload=" + std::string(to_string(p.offload)) + later);
+  read_double(s, "bucket_mb", p.bucket_mb, [](double v) { return v > 0 && v <= 1e6; }, "a number of MiB in (0, 1e6]");
+  read_bool(s, "overlap_grad_reduce", p.overlap_grad_reduce);
 }
 
 void read_output(Context& ctx, const YAML::Node& node, OutputSection& o) {
@@ -1106,12 +1111,15 @@ std::string to_yaml(const TrainConfig& c) {
 
   const ParallelSection& p = c.parallel;
   w.section(0, "parallel");
-  w.integer(2, "dp", p.dp);
+  if (p.dp == ParallelSection::kAuto) w.raw(2, "dp", "auto");
+  else w.integer(2, "dp", p.dp);
   w.integer(2, "tp", p.tp);
   w.integer(2, "pp", p.pp);
   w.integer(2, "zero", p.zero);
   w.raw(2, "recompute", std::string(to_string(p.recompute)));
   w.raw(2, "offload", std::string(to_string(p.offload)));
+  w.number(2, "bucket_mb", p.bucket_mb);
+  w.boolean(2, "overlap_grad_reduce", p.overlap_grad_reduce);
 
   w.section(0, "output");
   w.str(2, "dir", c.output.dir.string());

@@ -143,14 +143,18 @@ struct TrainSection {
   bool operator==(const TrainSection&) const = default;
 };
 
-// Only the single-process values are accepted in this release.
+// How the ranks share the work. This release runs data parallelism: tp, pp, zero,
+// recompute and offload accept only their single-process values.
 struct ParallelSection {
-  int64_t dp = 1;
+  static constexpr int64_t kAuto = 0;  // dp: the world size divided by tp * pp
+  int64_t dp = 1;  // data-parallel ranks, or kAuto ("auto" in YAML)
   int64_t tp = 1;
   int64_t pp = 1;
   int64_t zero = 0;  // ZeRO stage 0..3
   Recompute recompute = Recompute::none;
   Offload offload = Offload::none;
+  double bucket_mb = 25.0;          // gradient bucket size for the data-parallel all-reduce
+  bool overlap_grad_reduce = true;  // start a bucket's all-reduce during backward
   bool operator==(const ParallelSection&) const = default;
 };
 
