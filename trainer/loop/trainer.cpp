@@ -246,6 +246,9 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   using Clock = std::chrono::steady_clock;
   if (progress == Progress::auto_detect) progress = isatty(STDERR_FILENO) ? Progress::bar : Progress::lines;
   ops::set_num_threads(static_cast<int>(c.train.threads));
+  LMTUNE_CHECK(c.parallel.dp == 1 || c.parallel.dp == ParallelSection::kAuto, "parallel.dp is ", c.parallel.dp,
+               " but this is a single process; start ", c.parallel.dp, " ranks with `lmtune launch --nproc-per-node ",
+               c.parallel.dp, " -- train ...` or mpirun");
 
   // Where to start.
   std::optional<fs::path> resume_dir;
