@@ -398,19 +398,16 @@ TEST(GgufExport, Bf16) {
   for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(b[i], bf16_to_f32(f32_to_bf16(ref[i]))) << i;
 }
 
-// ---- a small synthetic model: GQA, q/k/v biases, untied lm_head, rows of 80 ----------------
+// ---- small synthetic models --------------------------------------------------------------
 
 struct TinyModel {
   fs::path dir;
   LlamaConfig cfg;
 };
 
-// Random weights (fixed seed) large enough that greedy decoding has clear winners.
-TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const std::string& extra_tensor = "") {
-  TinyModel m;
-  m.dir = dir;
-  fs::create_directories(dir);
-  LlamaConfig& c = m.cfg;
+// GQA, attention biases (q, k, v, o), untied lm_head, rows of 80.
+LlamaConfig tiny_config() {
+  LlamaConfig c;
   c.hidden_size = 64;
   c.intermediate_size = 80;  // ffn_down rows of 80: not a multiple of 32 -> F16 under q8_0
   c.num_hidden_layers = 2;
@@ -420,6 +417,18 @@ TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const
   c.max_position_embeddings = 128;
   c.tie_word_embeddings = false;
   c.attention_bias = true;
+  return c;
+}
+
+// Writes `c` with random weights (fixed seed) large enough that greedy decoding has clear
+// winners, and stories15M's tokenizer. The tensors are the ones a model of `c` has, plus
+// `extra_tensor` (4, C) when given.
+TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const LlamaConfig& c,
+                          const std::string& extra_tensor = "") {
+  TinyModel m;
+  m.dir = dir;
+  m.cfg = c;
+  fs::create_directories(dir);
   save_llama_config(dir / "config.json", c);
   fs::copy_file(stories_hf / "tokenizer.json", dir / "tokenizer.json");
 
@@ -433,29 +442,30 @@ TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const
     storage.push_back(std::move(v));
     w.add(name, DType::f32, shape, storage.back().data());
   };
-  storage.reserve(64);
-  const int64_t C = 64, H = 80, V = 32000, kv = 32;
-  add("model.embed_tokens.weight", {V, C}, 1.0f);
-  for (int l = 0; l < 2; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "input_layernorm.weight", {C}, 0.1f, 1.0f);
-    add(p + "self_attn.q_proj.weight", {C, C}, 0.25f);
-    add(p + "self_attn.q_proj.bias", {C}, 0.5f);
-    add(p + "self_attn.k_proj.weight", {kv, C}, 0.25f);
-    add(p + "self_attn.k_proj.bias", {kv}, 0.5f);
-    add(p + "self_attn.v_proj.weight", {kv, C}, 0.25f);
-    add(p + "self_attn.v_proj.bias", {kv}, 0.5f);
-    add(p + "self_attn.o_proj.weight", {C, C}, 0.25f);
-    add(p + "post_attention_layernorm.weight", {C}, 0.1f, 1.0f);
-    add(p + "mlp.gate_proj.weight", {H, C}, 0.25f);
-    add(p + "mlp.up_proj.weight", {H, C}, 0.25f);
-    add(p + "mlp.down_proj.weight", {C, H}, 0.25f);
+  const ModelLayout layout = model_param_layout(c, ModelOptions{});
+  storage.reserve(256);
+  for (const UnitLayout& u : layout.units) {
+    for (const ParamRow& r : u.rows) {
+      const bool norm = r.name.find("norm.weight") != std::string::npos;
+      const bool bias = r.name.ends_with(".bias");
+      if (norm) {
+        add(r.name, r.shape, 0.1f, 1.0f);
+      } else if (r.name == "model.embed_tokens.weight") {
+        add(r.name, r.shape, 1.0f);
+      } else if (r.name == "lm_head.weight" || bias) {
+        add(r.name, r.shape, 0.5f);
+      } else {
+        add(r.name, r.shape, 0.25f);
+      }
+    }
   }
-  add("model.norm.weight", {C}, 0.1f, 1.0f);
-  add("lm_head.weight", {V, C}, 0.5f);
-  if (!extra_tensor.empty()) add(extra_tensor, {4, C}, 1.0f);
+  if (!extra_tensor.empty()) add(extra_tensor, {4, c.hidden_size}, 1.0f);
   w.write_model(dir);
   return m;
+}
+
+TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const std::string& extra_tensor = "") {
+  return make_tiny_model(stories_hf, dir, tiny_config(), extra_tensor);
 }
 
 TEST(GgufExport, TinyGqaModelWithBiasesAndUntiedHead) {
@@ -469,7 +479,7 @@ TEST(GgufExport, TinyGqaModelWithBiasesAndUntiedHead) {
     EXPECT_EQ(g.at("llama.attention.head_count").as_uint(), 4u);
     EXPECT_EQ(g.at("llama.attention.head_count_kv").as_uint(), 2u);
     EXPECT_EQ(g.at("llama.rope.dimension_count").as_uint(), 16u);
-    EXPECT_EQ(g.tensors.size(), 1u + 12u * 2u + 2u);  // 12 per block: 7 matrices, 2 norms, 3 biases
+    EXPECT_EQ(g.tensors.size(), 1u + 13u * 2u + 2u);  // 13 per block: 7 matrices, 2 norms, 4 biases
     ASSERT_NE(g.find_tensor("output.weight"), nullptr);
     EXPECT_EQ(g.tensor("output.weight").dims, (std::vector<int64_t>{64, 32000}));
     EXPECT_EQ(g.tensor("blk.1.attn_k.weight").dims, (std::vector<int64_t>{64, 32}));
@@ -497,6 +507,7 @@ TEST(GgufExport, TinyGqaModelWithBiasesAndUntiedHead) {
     }
     EXPECT_EQ(g.tensor_f32("output.weight"), safetensor_f32(st, "lm_head.weight"));
     EXPECT_EQ(g.tensor_f32("blk.1.attn_v.bias"), safetensor_f32(st, "model.layers.1.self_attn.v_proj.bias"));
+    EXPECT_EQ(g.tensor_f32("blk.1.attn_output.bias"), safetensor_f32(st, "model.layers.1.self_attn.o_proj.bias"));
   }
 }
 
