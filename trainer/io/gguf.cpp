@@ -40,7 +40,7 @@
 // Every HF tensor must map to one of these (rotary_emb.inv_freq buffers are skipped);
 // anything else is an error, never silently dropped. ne lists dims innermost first: an
 // (out, in) matrix is {in, out}. What llama.cpp's graphs cannot express (llama3 scaling on
-// qwen2/qwen3, attention biases on qwen3) is refused before anything is written.
+// qwen2/qwen3, an o_proj bias on qwen3) is refused before anything is written.
 //
 // RoPE permutation (llama only): HF checkpoints hold q_proj/k_proj rows in rotate-half
 // order (row j and row j + hd/2 of a head form a rotation pair); llama.cpp's LLaMA graph
@@ -379,8 +379,9 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   LMTUNE_CHECK(cfg.rope_scaling.type != RopeScalingType::llama3 || cfg.family == ModelFamily::llama, src,
                ": rope_scaling of type llama3 on a ", arch, " model: llama.cpp reads per-dimension RoPE factors ",
                "(rope_freqs) only for the llama architecture");
-  LMTUNE_CHECK(cfg.family != ModelFamily::qwen3 || !cfg.attention_bias, src,
-               ": a qwen3 model with attention_bias: llama.cpp's qwen3 architecture has no attention biases");
+  LMTUNE_CHECK(cfg.family != ModelFamily::qwen3 || !cfg.o_bias(), src,
+               ": a qwen3 model with attention_bias (which biases o_proj too): llama.cpp's qwen3 architecture ",
+               "has no o_proj bias");
 
   const SafeTensorsReader st = SafeTensorsReader::open(hf_dir);
   const Tokenizer tok = Tokenizer::from_model_dir(hf_dir);
