@@ -266,27 +266,31 @@ void rmsnorm_backward(Tensor& dinp, Tensor& dweight, const Tensor& dout, const T
 // ---- RoPE ------------------------------------------------------------------------------
 
 namespace {
-void rope_dispatch(const char* op, Tensor& out, const Tensor& inp, int64_t pos0, float theta, cpu::RopeDirection dir) {
+void rope_dispatch(const char* op, Tensor& out, const Tensor& inp, int64_t pos0, const Tensor& inv_freq,
+                   cpu::RopeDirection dir) {
   check_dtype(out, DType::f32, op, "out");
   check_dtype(inp, DType::f32, op, "inp");
+  check_dtype(inv_freq, DType::f32, op, "inv_freq");
   LMTUNE_ASSERT(inp.dim() == 4, op, ": expected (B, T, H, D), got ", shape_str(inp.shape()));
   check_same_shape(out, inp, op, "out", "inp");
   const int64_t B = inp.size(0), T = inp.size(1), H = inp.size(2), D = inp.size(3);
   LMTUNE_ASSERT(D % 2 == 0 && D <= cpu::kMaxHeadDim, op, ": head dim ", D, " must be even and <= ",
                 cpu::kMaxHeadDim);
-  LMTUNE_ASSERT(pos0 >= 0 && theta > 0.0f, op, ": pos0 ", pos0, " must be >= 0 and theta ", theta, " > 0");
-  check_devices(op, out, {&inp});
+  LMTUNE_ASSERT(inv_freq.numel() == D / 2, op, ": inv_freq ", shape_str(inv_freq.shape()), " must have D/2 = ", D / 2,
+                " elements");
+  LMTUNE_ASSERT(pos0 >= 0, op, ": pos0 ", pos0, " must be >= 0");
+  check_devices(op, out, {&inp, &inv_freq});
   if (out.is_meta()) return;
-  cpu::rope_apply(out.data<float>(), inp.data<float>(), B, T, H, D, pos0, theta, dir);
+  cpu::rope_apply(out.data<float>(), inp.data<float>(), inv_freq.data<float>(), B, T, H, D, pos0, dir);
 }
 }  // namespace
 
-void rope_forward(Tensor& out, const Tensor& inp, int64_t pos0, float theta) {
-  rope_dispatch("rope_forward", out, inp, pos0, theta, cpu::RopeDirection::forward);
+void rope_forward(Tensor& out, const Tensor& inp, int64_t pos0, const Tensor& inv_freq) {
+  rope_dispatch("rope_forward", out, inp, pos0, inv_freq, cpu::RopeDirection::forward);
 }
 
-void rope_backward(Tensor& dinp, const Tensor& dout, int64_t pos0, float theta) {
-  rope_dispatch("rope_backward", dinp, dout, pos0, theta, cpu::RopeDirection::inverse);
+void rope_backward(Tensor& dinp, const Tensor& dout, int64_t pos0, const Tensor& inv_freq) {
+  rope_dispatch("rope_backward", dinp, dout, pos0, inv_freq, cpu::RopeDirection::inverse);
 }
 
 // ---- attention -------------------------------------------------------------------------

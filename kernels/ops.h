@@ -50,11 +50,13 @@ void rmsnorm_backward(Tensor& dinp, Tensor* dweight, const Tensor& dout, const T
                       const Tensor& rstd, GradWrite dinp_mode = GradWrite::assign);
 
 // ---- RoPE (rotate-half, HF layout) -----------------------------------------------------
-// x (B, T, H, D), position of row t is pos0 + t; pairs (i, i + D/2) rotated by
-// angle pos * theta^(-2i/D). In place allowed (out and inp the same tensor).
-void rope_forward(Tensor& out, const Tensor& inp, int64_t pos0, float theta);
+// x (B, T, H, D), position of row t is pos0 + t; pairs (i, i + D/2) rotated by angle
+// pos * inv_freq[i] (formed in double). inv_freq (D/2) f32 is the model's frequency table
+// (theta^(-2i/D), with any RoPE scaling folded in: trainer/model/rope.h). In place allowed
+// (out and inp the same tensor).
+void rope_forward(Tensor& out, const Tensor& inp, int64_t pos0, const Tensor& inv_freq);
 // dinp = R^T dout (the inverse rotation). In place allowed.
-void rope_backward(Tensor& dinp, const Tensor& dout, int64_t pos0, float theta);
+void rope_backward(Tensor& dinp, const Tensor& dout, int64_t pos0, const Tensor& inv_freq);
 
 // ---- causal attention with grouped-query heads -----------------------------------------
 // q (B, T, Hq, D); k, v (B, S, Hkv, D) with Hq % Hkv == 0; query row t sits at absolute

@@ -4,24 +4,20 @@
 
 namespace lmtune::cpu {
 
-void rope_apply(float* out, const float* inp, int64_t B, int64_t T, int64_t H, int64_t D, int64_t pos0, float theta,
-                RopeDirection dir) {
+void rope_apply(float* out, const float* inp, const float* inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
+                int64_t pos0, RopeDirection dir) {
   const int64_t half = D / 2;
   const double sign = dir == RopeDirection::forward ? 1.0 : -1.0;
-  const double log_theta = std::log(static_cast<double>(theta));
-  double inv_freq[kMaxHeadDim / 2];
-  for (int64_t i = 0; i < half; ++i)
-    inv_freq[i] = std::exp(-log_theta * static_cast<double>(2 * i) / static_cast<double>(D));
 #pragma omp parallel
   {
-    // Angles in double (pos * theta^(-2i/D)) so large positions and theta stay accurate.
+    // Angles in double (pos * inv_freq) so large positions stay accurate.
     alignas(64) float cs[kMaxHeadDim / 2];
     alignas(64) float sn[kMaxHeadDim / 2];
 #pragma omp for schedule(static)
     for (int64_t bt = 0; bt < B * T; ++bt) {
       const double pos = static_cast<double>(pos0 + bt % T);
       for (int64_t i = 0; i < half; ++i) {
-        const double angle = pos * inv_freq[i];
+        const double angle = pos * static_cast<double>(inv_freq[i]);
         cs[i] = static_cast<float>(std::cos(angle));
         sn[i] = static_cast<float>(sign * std::sin(angle));
       }

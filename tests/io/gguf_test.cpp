@@ -8,7 +8,10 @@
 //  2. A hand-built file and corrupted copies: the reader's validation.
 //  3. llama.cpp itself (prebuilt CPU libraries from npm, scripts/fetch_llama_cpp.sh, driven
 //     by tests/reference/gguf_llama_cpp_run.cpp): it loads every export, tokenizes the prompt
-//     as we do, and its greedy continuation equals lmtune's, token for token.
+//     as we do, and its greedy continuation equals lmtune's, token for token — for
+//     stories15M, and for small random models of each architecture we export: llama with
+//     attention biases, Llama 3.1's rope scaling (llama3 and linear) with a decoupled
+//     head_dim, qwen3 (q/k norms, head_dim != C / Hq) and qwen2 (q/k/v biases, tied).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -398,19 +401,16 @@ TEST(GgufExport, Bf16) {
   for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(b[i], bf16_to_f32(f32_to_bf16(ref[i]))) << i;
 }
 
-// ---- a small synthetic model: GQA, q/k/v biases, untied lm_head, rows of 80 ----------------
+// ---- small synthetic models --------------------------------------------------------------
 
 struct TinyModel {
   fs::path dir;
   LlamaConfig cfg;
 };
 
-// Random weights (fixed seed) large enough that greedy decoding has clear winners.
-TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const std::string& extra_tensor = "") {
-  TinyModel m;
-  m.dir = dir;
-  fs::create_directories(dir);
-  LlamaConfig& c = m.cfg;
+// GQA, attention biases (q, k, v, o), untied lm_head, rows of 80.
+LlamaConfig tiny_config() {
+  LlamaConfig c;
   c.hidden_size = 64;
   c.intermediate_size = 80;  // ffn_down rows of 80: not a multiple of 32 -> F16 under q8_0
   c.num_hidden_layers = 2;
@@ -420,6 +420,18 @@ TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const
   c.max_position_embeddings = 128;
   c.tie_word_embeddings = false;
   c.attention_bias = true;
+  return c;
+}
+
+// Writes `c` with random weights (fixed seed) large enough that greedy decoding has clear
+// winners, and stories15M's tokenizer. The tensors are the ones a model of `c` has, plus
+// `extra_tensor` (4, C) when given.
+TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const LlamaConfig& c,
+                          const std::string& extra_tensor = "") {
+  TinyModel m;
+  m.dir = dir;
+  m.cfg = c;
+  fs::create_directories(dir);
   save_llama_config(dir / "config.json", c);
   fs::copy_file(stories_hf / "tokenizer.json", dir / "tokenizer.json");
 
@@ -433,29 +445,30 @@ TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const
     storage.push_back(std::move(v));
     w.add(name, DType::f32, shape, storage.back().data());
   };
-  storage.reserve(64);
-  const int64_t C = 64, H = 80, V = 32000, kv = 32;
-  add("model.embed_tokens.weight", {V, C}, 1.0f);
-  for (int l = 0; l < 2; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "input_layernorm.weight", {C}, 0.1f, 1.0f);
-    add(p + "self_attn.q_proj.weight", {C, C}, 0.25f);
-    add(p + "self_attn.q_proj.bias", {C}, 0.5f);
-    add(p + "self_attn.k_proj.weight", {kv, C}, 0.25f);
-    add(p + "self_attn.k_proj.bias", {kv}, 0.5f);
-    add(p + "self_attn.v_proj.weight", {kv, C}, 0.25f);
-    add(p + "self_attn.v_proj.bias", {kv}, 0.5f);
-    add(p + "self_attn.o_proj.weight", {C, C}, 0.25f);
-    add(p + "post_attention_layernorm.weight", {C}, 0.1f, 1.0f);
-    add(p + "mlp.gate_proj.weight", {H, C}, 0.25f);
-    add(p + "mlp.up_proj.weight", {H, C}, 0.25f);
-    add(p + "mlp.down_proj.weight", {C, H}, 0.25f);
+  const ModelLayout layout = model_param_layout(c, ModelOptions{});
+  storage.reserve(256);
+  for (const UnitLayout& u : layout.units) {
+    for (const ParamRow& r : u.rows) {
+      const bool norm = r.name.find("norm.weight") != std::string::npos;
+      const bool bias = r.name.ends_with(".bias");
+      if (norm) {
+        add(r.name, r.shape, 0.1f, 1.0f);
+      } else if (r.name == "model.embed_tokens.weight") {
+        add(r.name, r.shape, 1.0f);
+      } else if (r.name == "lm_head.weight" || bias) {
+        add(r.name, r.shape, 0.5f);
+      } else {
+        add(r.name, r.shape, 0.25f);
+      }
+    }
   }
-  add("model.norm.weight", {C}, 0.1f, 1.0f);
-  add("lm_head.weight", {V, C}, 0.5f);
-  if (!extra_tensor.empty()) add(extra_tensor, {4, C}, 1.0f);
+  if (!extra_tensor.empty()) add(extra_tensor, {4, c.hidden_size}, 1.0f);
   w.write_model(dir);
   return m;
+}
+
+TinyModel make_tiny_model(const fs::path& stories_hf, const fs::path& dir, const std::string& extra_tensor = "") {
+  return make_tiny_model(stories_hf, dir, tiny_config(), extra_tensor);
 }
 
 TEST(GgufExport, TinyGqaModelWithBiasesAndUntiedHead) {
@@ -469,7 +482,7 @@ TEST(GgufExport, TinyGqaModelWithBiasesAndUntiedHead) {
     EXPECT_EQ(g.at("llama.attention.head_count").as_uint(), 4u);
     EXPECT_EQ(g.at("llama.attention.head_count_kv").as_uint(), 2u);
     EXPECT_EQ(g.at("llama.rope.dimension_count").as_uint(), 16u);
-    EXPECT_EQ(g.tensors.size(), 1u + 12u * 2u + 2u);  // 12 per block: 7 matrices, 2 norms, 3 biases
+    EXPECT_EQ(g.tensors.size(), 1u + 13u * 2u + 2u);  // 13 per block: 7 matrices, 2 norms, 4 biases
     ASSERT_NE(g.find_tensor("output.weight"), nullptr);
     EXPECT_EQ(g.tensor("output.weight").dims, (std::vector<int64_t>{64, 32000}));
     EXPECT_EQ(g.tensor("blk.1.attn_k.weight").dims, (std::vector<int64_t>{64, 32}));
@@ -497,6 +510,7 @@ TEST(GgufExport, TinyGqaModelWithBiasesAndUntiedHead) {
     }
     EXPECT_EQ(g.tensor_f32("output.weight"), safetensor_f32(st, "lm_head.weight"));
     EXPECT_EQ(g.tensor_f32("blk.1.attn_v.bias"), safetensor_f32(st, "model.layers.1.self_attn.v_proj.bias"));
+    EXPECT_EQ(g.tensor_f32("blk.1.attn_output.bias"), safetensor_f32(st, "model.layers.1.self_attn.o_proj.bias"));
   }
 }
 
@@ -510,6 +524,135 @@ TEST(GgufExport, RejectsUnmappedTensorsAndLeavesNoFile) {
   EXPECT_FALSE(fs::exists(out));
   for (const auto& e : fs::directory_iterator(root)) EXPECT_EQ(e.path().string().find("out.gguf"), std::string::npos);
   expect_error([&] { export_gguf(root / "missing", out, GgufType::f16); }, {"missing", "not a directory"});
+}
+
+// ---- the families beyond Llama 2 ----------------------------------------------------------
+
+// Llama 3.1-style: llama3 rope scaling shrunk so that ~30 positions feel it (theta 10000,
+// original length 64, factor 4), and head_dim 24 (not 64 / 4): its 12 pairs fall in all
+// three bands (2 kept, 2 smoothed, 8 divided by 4).
+LlamaConfig llama31_config() {
+  LlamaConfig c = tiny_config();
+  c.attention_bias = false;
+  c.attention_head_dim = 24;
+  c.max_position_embeddings = 256;
+  c.rope_scaling = {RopeScalingType::llama3, 4.0, 1.0, 4.0, 64};
+  return c;
+}
+
+// Qwen3-style: per-head q/k norms, head_dim 24 (q (96, 64), o (64, 96)), no biases.
+LlamaConfig qwen3_config() {
+  LlamaConfig c = tiny_config();
+  c.family = ModelFamily::qwen3;
+  c.attention_bias = false;
+  c.attention_head_dim = 24;
+  c.rope_theta = 1000000.0;
+  return c;
+}
+
+// Qwen2-style: q/k/v biases, tied embeddings.
+LlamaConfig qwen2_config() {
+  LlamaConfig c = tiny_config();
+  c.family = ModelFamily::qwen2;
+  c.tie_word_embeddings = true;
+  c.rope_theta = 1000000.0;
+  return c;
+}
+
+TEST(GgufExport, Llama31RopeFreqsAndLinearScaling) {
+  REQUIRE_STORIES();
+  const fs::path root = testing::temp_dir("lmtune-gguf-llama31");
+  const TinyModel m = make_tiny_model(hf_dir, root / "llama31", llama31_config());
+  export_gguf(m.dir, root / "llama31.gguf", GgufType::f32);
+  const GgufFile g = read_gguf(root / "llama31.gguf");
+  EXPECT_EQ(g.at("general.architecture").as_string(), "llama");
+  EXPECT_EQ(g.at("llama.rope.dimension_count").as_uint(), 24u);
+  EXPECT_EQ(g.at("llama.attention.key_length").as_uint(), 24u);
+  EXPECT_EQ(g.at("llama.attention.value_length").as_uint(), 24u);
+  EXPECT_FALSE(g.has("llama.rope.scaling.type"));  // llama3 scaling travels as rope_freqs
+  EXPECT_EQ(g.tensor("blk.0.attn_q.weight").dims, (std::vector<int64_t>{64, 96}));
+  EXPECT_EQ(g.tensor("blk.0.attn_output.weight").dims, (std::vector<int64_t>{96, 64}));
+  // rope_freqs: what llama.cpp divides theta^(-2i/D) by. Wavelengths 2 pi 10000^(i/12):
+  // 6.3 and 13.5 stay (< 64/4), 29.2 and 62.8 are smoothed to w / 16 (as factor 4, low 1,
+  // high 4 reduce it), the rest are divided by 4.
+  const GgufTensorInfo& rf = g.tensor("rope_freqs.weight");
+  EXPECT_EQ(rf.dims, (std::vector<int64_t>{12}));
+  EXPECT_EQ(rf.type, GgmlType::f32);
+  const std::vector<float> f = g.tensor_f32("rope_freqs.weight");
+  EXPECT_EQ(f[0], 1.0f);
+  EXPECT_EQ(f[1], 1.0f);
+  for (int i : {2, 3})
+    EXPECT_FLOAT_EQ(f[i], static_cast<float>(2 * M_PI * std::pow(10000.0, i / 12.0) / 16)) << i;
+  for (int i = 4; i < 12; ++i) EXPECT_EQ(f[i], 4.0f) << i;
+  // q rows permuted per head of 24 rows, as for any llama export.
+  const SafeTensorsReader st = SafeTensorsReader::open(m.dir);
+  const auto gq = g.tensor_f32("blk.1.attn_q.weight");
+  const auto hq = safetensor_f32(st, "model.layers.1.self_attn.q_proj.weight");
+  for (int64_t r = 0; r < 96; ++r)
+    ASSERT_EQ(0, std::memcmp(&gq[r * 64], &hq[hf_row_of_gguf_row(r, 24) * 64], 64 * 4)) << "q row " << r;
+
+  LlamaConfig lin = llama31_config();
+  lin.rope_scaling = {RopeScalingType::linear, 4.0};
+  const TinyModel ml = make_tiny_model(hf_dir, root / "linear", lin);
+  export_gguf(ml.dir, root / "linear.gguf", GgufType::f32);
+  const GgufFile gl = read_gguf(root / "linear.gguf");
+  EXPECT_EQ(gl.at("llama.rope.scaling.type").as_string(), "linear");
+  EXPECT_EQ(gl.at("llama.rope.scaling.factor").as_float(), 4.0);
+  EXPECT_EQ(gl.find_tensor("rope_freqs.weight"), nullptr);
+}
+
+TEST(GgufExport, QwenArchitecturesTensorsAsTheyAre) {
+  REQUIRE_STORIES();
+  const fs::path root = testing::temp_dir("lmtune-gguf-qwen");
+  {
+    const TinyModel m = make_tiny_model(hf_dir, root / "qwen3", qwen3_config());
+    export_gguf(m.dir, root / "qwen3.gguf", GgufType::f32);
+    const GgufFile g = read_gguf(root / "qwen3.gguf");
+    EXPECT_EQ(g.at("general.architecture").as_string(), "qwen3");
+    EXPECT_FALSE(g.has("llama.block_count"));
+    EXPECT_EQ(g.at("qwen3.block_count").as_uint(), 2u);
+    EXPECT_EQ(g.at("qwen3.embedding_length").as_uint(), 64u);
+    EXPECT_EQ(g.at("qwen3.attention.head_count").as_uint(), 4u);
+    EXPECT_EQ(g.at("qwen3.attention.head_count_kv").as_uint(), 2u);
+    EXPECT_EQ(g.at("qwen3.attention.key_length").as_uint(), 24u);
+    EXPECT_EQ(g.at("qwen3.rope.freq_base").as_float(), 1000000.0);
+    EXPECT_EQ(g.tensors.size(), 1u + 11u * 2u + 2u);  // 11 per block: 7 matrices, 4 norms
+    EXPECT_EQ(g.tensor("blk.0.attn_q.weight").dims, (std::vector<int64_t>{64, 96}));
+    EXPECT_EQ(g.tensor("blk.0.attn_k.weight").dims, (std::vector<int64_t>{64, 48}));
+    EXPECT_EQ(g.tensor("blk.0.attn_output.weight").dims, (std::vector<int64_t>{96, 64}));
+    EXPECT_EQ(g.tensor("blk.1.attn_q_norm.weight").dims, (std::vector<int64_t>{24}));
+    EXPECT_EQ(g.tensor("blk.1.attn_k_norm.weight").type, GgmlType::f32);
+    // qwen3 rotates halves as HF does: q and k are written unpermuted.
+    const SafeTensorsReader st = SafeTensorsReader::open(m.dir);
+    for (const char* qk : {"q", "k"}) {
+      const std::string hfp = std::string("model.layers.1.self_attn.") + qk;
+      EXPECT_EQ(g.tensor_f32(std::string("blk.1.attn_") + qk + ".weight"), safetensor_f32(st, hfp + "_proj.weight"));
+      EXPECT_EQ(g.tensor_f32(std::string("blk.1.attn_") + qk + "_norm.weight"), safetensor_f32(st, hfp + "_norm.weight"));
+    }
+  }
+  {
+    const TinyModel m = make_tiny_model(hf_dir, root / "qwen2", qwen2_config());
+    export_gguf(m.dir, root / "qwen2.gguf", GgufType::f32);
+    const GgufFile g = read_gguf(root / "qwen2.gguf");
+    EXPECT_EQ(g.at("general.architecture").as_string(), "qwen2");
+    EXPECT_EQ(g.at("qwen2.attention.head_count_kv").as_uint(), 2u);
+    EXPECT_EQ(g.tensors.size(), 1u + 12u * 2u + 1u);  // 12 per block: 7 matrices, 2 norms, 3 biases; tied
+    EXPECT_EQ(g.find_tensor("output.weight"), nullptr);
+    EXPECT_EQ(g.find_tensor("blk.0.attn_output.bias"), nullptr);
+    const SafeTensorsReader st = SafeTensorsReader::open(m.dir);
+    EXPECT_EQ(g.tensor_f32("blk.0.attn_k.bias"), safetensor_f32(st, "model.layers.0.self_attn.k_proj.bias"));
+  }
+  // What llama.cpp's qwen graphs cannot express is refused, naming it.
+  LlamaConfig bad = qwen3_config();
+  bad.rope_scaling = {RopeScalingType::llama3, 4.0, 1.0, 4.0, 64};
+  const TinyModel mb = make_tiny_model(hf_dir, root / "bad", bad);
+  expect_error([&] { export_gguf(mb.dir, root / "bad.gguf", GgufType::f32); }, {"llama3", "qwen3", "rope_freqs"});
+  EXPECT_FALSE(fs::exists(root / "bad.gguf"));
+  bad = qwen3_config();
+  bad.attention_bias = true;  // (llama.cpp loads q/k/v biases for qwen3 but has no o_proj bias)
+  const TinyModel mo = make_tiny_model(hf_dir, root / "bad_bias", bad);
+  expect_error([&] { export_gguf(mo.dir, root / "bad.gguf", GgufType::f32); }, {"qwen3", "attention_bias", "o_proj"});
+  EXPECT_FALSE(fs::exists(root / "bad.gguf"));
 }
 
 // ---- llama.cpp: the independent reader ---------------------------------------------------
@@ -689,6 +832,49 @@ TEST(GgufLlamaCpp, TinyGqaModelMatchesLmtune) {
   const LlamaCppRun r = run_llama_cpp(runner, out, 24, kPrompt);
   EXPECT_EQ(r.prompt_ids, prompt);
   EXPECT_EQ(r.ids, ours) << "GQA + biases + untied head: llama.cpp and lmtune disagree";
+}
+
+// Exports `c` (random weights, stories15M's tokenizer) to F32 GGUF; llama.cpp's greedy
+// continuation of the prompt must equal lmtune's. Returns lmtune's ids.
+std::vector<int32_t> expect_llama_cpp_matches(const fs::path& runner, const fs::path& stories_hf, const fs::path& dir,
+                                              const LlamaConfig& c, const std::string& what) {
+  const TinyModel m = make_tiny_model(stories_hf, dir, c);
+  const fs::path out = dir.parent_path() / (dir.filename().string() + ".gguf");
+  export_gguf(m.dir, out, GgufType::f32);
+  const Tokenizer tok = Tokenizer::from_model_dir(m.dir);
+  const std::vector<int32_t> prompt = tok.encode(kPrompt, AddBos::yes);
+  const std::vector<int32_t> ours = lmtune_greedy(m.dir, prompt, 24);
+  const LlamaCppRun r = run_llama_cpp(runner, out, 24, kPrompt);
+  EXPECT_EQ(r.prompt_ids, prompt) << what;
+  EXPECT_EQ(r.ids, ours) << what << ": llama.cpp and lmtune disagree";
+  return ours;
+}
+
+// Llama 3.1's rope scaling (rope_freqs) and linear scaling (rope.scaling.*), both with a
+// decoupled head_dim. The same weights without scaling continue differently, so the
+// agreement shows llama.cpp applies the scaling as lmtune does.
+TEST(GgufLlamaCpp, Llama31RopeScalingMatchesLmtune) {
+  REQUIRE_STORIES();
+  REQUIRE_LLAMA_CPP(runner);
+  const fs::path root = testing::temp_dir("lmtune-gguf-llama31-run");
+  LlamaConfig c = llama31_config();
+  const auto llama3 = expect_llama_cpp_matches(runner, hf_dir, root / "llama3", c, "llama3 rope scaling");
+  c.rope_scaling = {RopeScalingType::linear, 4.0};
+  const auto linear = expect_llama_cpp_matches(runner, hf_dir, root / "linear", c, "linear rope scaling");
+  c.rope_scaling = {};
+  const auto plain = expect_llama_cpp_matches(runner, hf_dir, root / "plain", c, "no rope scaling");
+  EXPECT_NE(llama3, plain) << "the llama3 scaling does not change this model's greedy continuation";
+  EXPECT_NE(linear, plain) << "the linear scaling does not change this model's greedy continuation";
+}
+
+// Qwen3 (q/k norms, head_dim 24 != 64 / 4) and Qwen2 (q/k/v biases, tied) under
+// llama.cpp's qwen3 / qwen2 architectures, with a SentencePiece tokenizer.
+TEST(GgufLlamaCpp, QwenModelsMatchLmtune) {
+  REQUIRE_STORIES();
+  REQUIRE_LLAMA_CPP(runner);
+  const fs::path root = testing::temp_dir("lmtune-gguf-qwen-run");
+  expect_llama_cpp_matches(runner, hf_dir, root / "qwen3", qwen3_config(), "qwen3");
+  expect_llama_cpp_matches(runner, hf_dir, root / "qwen2", qwen2_config(), "qwen2");
 }
 
 // The path a user takes: fine-tune with LoRA, export merged HF and GGUF with the CLI, and

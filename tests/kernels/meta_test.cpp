@@ -40,8 +40,9 @@ void run_ops(Allocator& alloc) {
   ops::linear_forward(q2, xn, wq, nullptr);
   ops::linear_forward(k2, xn, wk, nullptr);
   ops::linear_forward(v2, xn, wk, nullptr);
-  ops::rope_forward(q, q, 0, 10000.0f);
-  ops::rope_forward(k, k, 0, 10000.0f);
+  Tensor freqs = filled({D / 2}, 0.1f, MemCategory::weights);
+  ops::rope_forward(q, q, 0, freqs);
+  ops::rope_forward(k, k, 0, freqs);
   Tensor att = act({B, T, Hq, D}), lse = act({B, Hq, T});
   ops::attention_forward(att, &lse, q, k, v, 0);
   ops::add_forward(x, x, att.reshape({B, T, C}));
@@ -66,7 +67,7 @@ void run_ops(Allocator& alloc) {
   ops::linear_backward(&dx, &dwg, nullptr, dg, x, wg, ops::GradWrite::accumulate);
   Tensor dq = act({B, T, Hq, D}), dk = act({B, T, Hkv, D}), dv = act({B, T, Hkv, D});
   ops::attention_backward(dq, dk, dv, att, q, k, v, att, lse);
-  ops::rope_backward(dq, dq, 0, 10000.0f);
+  ops::rope_backward(dq, dq, 0, freqs);
   Tensor dbig = act({B, T, C * 1024});
   ops::linear_backward(&dx, nullptr, nullptr, dbig, xn, wq_half, ops::GradWrite::accumulate);
   Tensor dxn = act({B, T, C});

@@ -206,5 +206,92 @@ TEST_F(TrainLoop, ExportsAgreeWithEachOther) {
   EXPECT_LT(max_err, 1e-6);
 }
 
+// The loss of the run's trained model, put together by hand: the base model with the
+// checkpoint's trainable tensors (LoRA: rank 4, alpha 8 on all linear layers, as config_yaml).
+LossResult trained_model_loss(const fs::path& base, const fs::path& run_dir, bool lora,
+                              const std::vector<int32_t>& ids, const std::vector<int32_t>& next, Allocator& alloc) {
+  ModelOptions opts;
+  if (lora) {
+    LoraOptions lo;
+    lo.rank = 4;
+    lo.alpha = 8;
+    lo.targets = {"q", "k", "v", "o", "gate", "up", "down"};
+    opts.lora = lo;
+  }
+  auto model = LlamaModel::load(base, alloc, opts);
+  const SafeTensorsReader r = SafeTensorsReader::open(run_dir / "checkpoint-3" / "trainable.safetensors");
+  size_t loaded = 0;
+  for (ParamRef& p : model->parameters()) {
+    if (!r.contains(p.name)) continue;
+    r.load_into(p.name, p.value);
+    ++loaded;
+  }
+  EXPECT_EQ(loaded, r.size());
+  const int64_t T = static_cast<int64_t>(ids.size());
+  return model->forward_loss(make_token_tensor(alloc, ids, 1, T), make_token_tensor(alloc, next, 1, T));
+}
+
+// The families beyond Llama 2 through the user's path: full fine-tuning of a Qwen3-style
+// model (q/k norms train too, head_dim 12 != 32 / 4, llama3 rope scaling) and a LoRA run
+// on a Qwen2-style one; the HF exports are read back by lmtune with the same config, and
+// compute what the trained model computes.
+TEST_F(TrainLoop, QwenAndScaledRopeExportsLoadAgain) {
+  for (const char* family : {"qwen3", "qwen2"}) {
+    SCOPED_TRACE(family);
+    LlamaConfig cfg;
+    cfg.hidden_size = 32;
+    cfg.intermediate_size = 64;
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 4;
+    cfg.num_key_value_heads = 2;
+    cfg.vocab_size = 32000;
+    cfg.max_position_embeddings = 64;
+    if (std::string(family) == "qwen3") {
+      cfg.family = ModelFamily::qwen3;
+      cfg.attention_head_dim = 12;
+      cfg.rope_scaling = {RopeScalingType::llama3, 4.0, 1.0, 4.0, 32};
+    } else {
+      cfg.family = ModelFamily::qwen2;
+      cfg.tie_word_embeddings = true;
+      cfg.rope_scaling = {RopeScalingType::linear, 2.0};
+    }
+    const fs::path base = root_ / (std::string(family) + "-base");
+    testing::write_random_model(base, cfg, 5);
+    const std::string method = std::string(family) == "qwen3" ? "full" : "lora";
+    const fs::path out = root_ / (std::string(family) + "-run");
+    run(config(method, out, {"model.path=" + base.string(), "train.max_steps=3", "train.warmup_steps=0",
+                             "train.save_every=0", "method.lora.dropout=0"}));
+    auto alloc = Allocator::create(Device::cpu());
+    const fs::path hf = root_ / (std::string(family) + "-hf");
+    export_run(out, ExportFormat::hf, hf, "f32", *alloc);
+
+    const LlamaConfig back = load_llama_config(hf / "config.json");
+    EXPECT_EQ(back.family, cfg.family);
+    EXPECT_EQ(back.head_dim(), cfg.head_dim());
+    EXPECT_EQ(back.rope_scaling.type, cfg.rope_scaling.type);
+    EXPECT_EQ(back.rope_scaling.factor, cfg.rope_scaling.factor);
+    EXPECT_EQ(back.rope_scaling.original_max_position_embeddings, cfg.rope_scaling.original_max_position_embeddings);
+    EXPECT_EQ(back.qkv_bias(), cfg.qkv_bias());
+    auto exported = LlamaModel::load(hf, *alloc);  // strict: every tensor named, every shape right
+    const SafeTensorsReader before = SafeTensorsReader::open(base), after = SafeTensorsReader::open(hf);
+    const std::string moved = std::string(family) == "qwen3" ? "model.layers.0.self_attn.q_norm.weight"
+                                                             : "model.layers.0.self_attn.q_proj.weight";
+    EXPECT_NE(0, std::memcmp(before.get(moved).data, after.get(moved).data, before.get(moved).nbytes))
+        << moved << " did not change in training";
+
+    // The run's own model (base + checkpoint) and the export give the same loss.
+    const std::vector<int32_t> ids = {1, 400, 29, 17, 3000, 5, 77, 901};
+    const std::vector<int32_t> next = {400, 29, 17, 3000, 5, 77, 901, 2};
+    const LossResult le = exported->forward_loss(make_token_tensor(*alloc, ids, 1, 8),
+                                                 make_token_tensor(*alloc, next, 1, 8));
+    auto original = LlamaModel::load(base, *alloc);
+    const LossResult lb = original->forward_loss(make_token_tensor(*alloc, ids, 1, 8),
+                                                 make_token_tensor(*alloc, next, 1, 8));
+    EXPECT_NE(le.sum, lb.sum) << "training should change the loss";
+    const LossResult lt = trained_model_loss(base, out, method == "lora", ids, next, *alloc);
+    EXPECT_NEAR(le.sum, lt.sum, 1e-5 * std::abs(lt.sum));
+  }
+}
+
 }  // namespace
 }  // namespace lmtune

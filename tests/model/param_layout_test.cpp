@@ -9,15 +9,16 @@
 namespace lmtune {
 namespace {
 
+// bias: a Qwen2-style model (q/k/v biases, none on o).
 LlamaConfig config(bool bias, bool tied) {
   LlamaConfig c;
+  c.family = bias ? ModelFamily::qwen2 : ModelFamily::llama;
   c.hidden_size = 24;        // C
   c.intermediate_size = 40;  // H
   c.num_hidden_layers = 3;
   c.num_attention_heads = 6;  // D = 4, qd = 24
   c.num_key_value_heads = 2;  // kvd = 8
   c.vocab_size = 50;
-  c.attention_bias = bias;
   c.tie_word_embeddings = tied;
   return c;
 }
@@ -104,6 +105,37 @@ TEST(ParamLayout, FullFineTuningTiedHead) {
   EXPECT_TRUE(b.groups[0].trains);
   EXPECT_EQ(b.groups[1].numel, 48);
   EXPECT_EQ(b.trainable_numel(), 4416 + 48);
+}
+
+// Qwen3: q_norm and k_norm (head_dim each) after the block's two norms; head_dim 10 is not
+// 24 / 6, so q is (60, 24) and o (24, 60). Llama with attention_bias: q, k, v and o biases.
+TEST(ParamLayout, Qwen3QkNormsHeadDimAndLlamaAttentionBias) {
+  LlamaConfig c = config(false, false);
+  c.family = ModelFamily::qwen3;
+  c.attention_head_dim = 10;  // qd = 60, kvd = 20
+  ModelOptions o;
+  ModelLayout m = model_param_layout(c, o);
+  const UnitLayout& b = m.units[1];
+  ASSERT_EQ(b.groups.size(), 2u);
+  EXPECT_EQ(b.groups[0].numel, 60 * 24 + 20 * 24 + 20 * 24 + 24 * 60 + 3 * 960);
+  EXPECT_EQ(b.groups[1].numel, 24 + 24 + 10 + 10);
+  EXPECT_EQ(b.rows[b.index("model.layers.0.self_attn.q_proj.weight")].shape, (Shape{60, 24}));
+  EXPECT_EQ(b.rows[b.index("model.layers.0.self_attn.o_proj.weight")].shape, (Shape{24, 60}));
+  const ParamRow& qn = b.rows[b.index("model.layers.0.self_attn.q_norm.weight")];
+  const ParamRow& kn = b.rows[b.index("model.layers.0.self_attn.k_norm.weight")];
+  EXPECT_EQ(qn.shape, (Shape{10}));
+  EXPECT_EQ(qn.group, 1);
+  EXPECT_EQ(qn.offset, 48);
+  EXPECT_EQ(kn.offset, 58);
+  EXPECT_EQ(b.find("model.layers.0.self_attn.q_proj.bias"), -1);
+
+  c = config(false, false);
+  c.attention_bias = true;  // llama
+  m = model_param_layout(c, o);
+  const UnitLayout& l = m.units[2];
+  EXPECT_EQ(l.groups[1].numel, 24 + 24 + 24 + 8 + 8 + 24);
+  EXPECT_EQ(l.rows[l.index("model.layers.1.self_attn.o_proj.bias")].offset, 24 + 24 + 24 + 8 + 8);
+  EXPECT_EQ(l.find("model.layers.1.self_attn.q_norm.weight"), -1);
 }
 
 // The model's parameter views are the table's rows in the buffers it allocated; gradient

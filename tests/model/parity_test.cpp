@@ -1,8 +1,11 @@
 // Parity of lmtune's hand-written LLaMA forward/backward with an independent PyTorch
 // reference (tests/reference/llama_ref.py, float64 autograd):
 //   * random models with awkward sizes (6 heads, grouped-query 6:2, head_dim 8, H = 100,
-//     V = 97, rope_theta 50000, untied; and tied + q/k/v biases): logits, loss sum and count,
-//     and every parameter gradient, max |ours - ref| / max |ref| <= 1e-4 per tensor;
+//     V = 97, rope_theta 50000, untied; tied + attention biases on q, k, v, o), and the
+//     families beyond Llama 2: Llama 3.1's rope scaling (llama3 bands, and linear), Qwen3
+//     (per-head q/k RMSNorm, head_dim 12 != 48 / 6), Qwen2 (q/k/v biases implied by
+//     model_type, tied): logits, loss sum and count, and every parameter gradient,
+//     max |ours - ref| / max |ref| <= 1e-4 per tensor;
 //   * stories15M (when models/stories15M is present): imported with `lmtune import llama2c`,
 //     a real sentence tokenized by lmtune (and checked against the reference's own llama2.c
 //     BPE encoder); the reference reads model.bin directly in
@@ -15,6 +18,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <random>
 #include <sstream>
@@ -81,10 +85,14 @@ void make_batch(int64_t B, int64_t T, int32_t V, uint32_t seed, std::vector<int3
 struct RandomParityResult {
   double logits_rel = 0, loss_rel = 0;
   Worst grad;
+  std::vector<float> logits;  // ours, (B*T, V)
+  std::vector<int32_t> tokens;
 };
 
 // Generates a random model with `overrides`, runs the reference and lmtune, compares all.
-void run_random_model_parity(const std::string& tag, const nlohmann::json& overrides, RandomParityResult* result) {
+// `inspect` (optional) sees the model directory before it is removed.
+void run_random_model_parity(const std::string& tag, const nlohmann::json& overrides, RandomParityResult* result,
+                             const std::function<void(const fs::path&)>& inspect = nullptr) {
   TempDir dir("parity_" + tag);
   {
     std::ofstream(dir / "config_overrides.json") << overrides.dump(2) << "\n";
@@ -119,7 +127,9 @@ void run_random_model_parity(const std::string& tag, const nlohmann::json& overr
     Tensor logits = model->forward_logits(tok);
     ASSERT_EQ(logits.shape(), (Shape{B * T, V}));
     const HostTensor& r = get(ref, "logits");
-    const Deviation d = compare_tensors(logits.to_f32(), r.data);
+    result->logits = logits.to_f32();
+    result->tokens = tokens;
+    const Deviation d = compare_tensors(result->logits, r.data);
     result->logits_rel = d.rel;
     EXPECT_LE(d.rel, kTolerance) << tag << " logits: max |ours - ref| " << fmt(d.max_abs) << " / max |ref| "
                                  << fmt(d.ref_max) << " at flat index " << d.worst;
@@ -180,6 +190,31 @@ void run_random_model_parity(const std::string& tag, const nlohmann::json& overr
   std::cout << "[parity " << tag << "] logits rel " << fmt(result->logits_rel) << ", loss rel "
             << fmt(result->loss_rel) << ", worst grad " << result->grad.name << " rel "
             << fmt(result->grad.dev.rel) << " (" << params.size() << " tensors)\n";
+  if (inspect) inspect(model_dir);
+}
+
+void expect_parity(const RandomParityResult& res) {
+  EXPECT_LE(res.logits_rel, kTolerance);
+  EXPECT_LE(res.loss_rel, kTolerance);
+  EXPECT_LE(res.grad.dev.rel, kTolerance) << res.grad.name;
+}
+
+// The logits of the model in `dir` with its config.json's rope_scaling removed, for
+// `tokens` (B = 2 rows).
+std::vector<float> unscaled_logits(const fs::path& dir, const std::vector<int32_t>& tokens) {
+  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(dir / "config.json"));
+  cfg["rope_scaling"] = nullptr;
+  std::ofstream(dir / "config.json") << cfg.dump(2) << "\n";
+  auto alloc = Allocator::create(Device::cpu());
+  auto model = LlamaModel::load(dir, *alloc);
+  const int64_t T = static_cast<int64_t>(tokens.size()) / 2;
+  return model->forward_logits(make_token_tensor(*alloc, tokens, 2, T)).to_f32();
+}
+
+// max |a - b| / max |b|: how much the scaling moved the logits.
+double moved(const std::vector<float>& a, const std::vector<float>& b) {
+  std::vector<double> bd(b.begin(), b.end());
+  return compare_tensors(a, bd).rel;
 }
 
 nlohmann::json awkward_config() {
@@ -199,20 +234,68 @@ TEST(ParityTest, ReferenceSelfTest) {
 TEST(ParityTest, RandomModelGqaUntied) {
   RandomParityResult res;
   run_random_model_parity("gqa_untied", awkward_config(), &res);
-  EXPECT_LE(res.logits_rel, kTolerance);
-  EXPECT_LE(res.loss_rel, kTolerance);
-  EXPECT_LE(res.grad.dev.rel, kTolerance) << res.grad.name;
+  expect_parity(res);
 }
 
-TEST(ParityTest, RandomModelTiedWithQkvBias) {
+// Llama: attention_bias biases q, k, v and o (HF LlamaAttention).
+TEST(ParityTest, RandomModelTiedWithAttentionBias) {
   nlohmann::json cfg = awkward_config();
   cfg["tie_word_embeddings"] = true;
   cfg["attention_bias"] = true;
   RandomParityResult res;
-  run_random_model_parity("tied_qkv_bias", cfg, &res);
-  EXPECT_LE(res.logits_rel, kTolerance);
-  EXPECT_LE(res.loss_rel, kTolerance);
-  EXPECT_LE(res.grad.dev.rel, kTolerance) << res.grad.name;
+  run_random_model_parity("tied_attention_bias", cfg, &res);
+  expect_parity(res);
+}
+
+// Llama 3.1's rope_scaling, shrunk so that T = 11 positions feel it: head_dim 16, theta
+// 10000, original_max_position_embeddings 64 put the 8 frequencies in all three bands
+// (1 kept, 2 smoothed, 5 divided by the factor 4).
+TEST(ParityTest, RandomModelLlama31RopeScaling) {
+  nlohmann::json cfg = awkward_config();
+  cfg["hidden_size"] = 64;
+  cfg["num_attention_heads"] = 4;
+  cfg["rope_theta"] = 10000.0;
+  cfg["max_position_embeddings"] = 256;
+  cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 4.0}, {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  RandomParityResult res;
+  double scaling_moved = 0;
+  run_random_model_parity("llama31_rope_scaling", cfg, &res,
+                          [&](const fs::path& dir) { scaling_moved = moved(res.logits, unscaled_logits(dir, res.tokens)); });
+  expect_parity(res);
+  // The scaling is not a no-op here: without it the logits move by far more than the tolerance.
+  EXPECT_GT(scaling_moved, 100 * kTolerance) << "rope_scaling barely changes this model; the test would not see it";
+  std::cout << "[parity llama31_rope_scaling] logits without the scaling move by " << fmt(scaling_moved) << "\n";
+}
+
+// Qwen3: q_norm / k_norm on each head, head_dim 12 (q: (72, 48), o: (48, 72)), and linear
+// rope scaling (positions / 2.5).
+TEST(ParityTest, RandomModelQwen3QkNormHeadDim) {
+  nlohmann::json cfg = awkward_config();
+  cfg["model_type"] = "qwen3";
+  cfg["head_dim"] = 12;
+  cfg["rope_theta"] = 1000.0;
+  cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.5}};
+  RandomParityResult res;
+  double scaling_moved = 0;
+  run_random_model_parity("qwen3_qk_norm_head_dim", cfg, &res,
+                          [&](const fs::path& dir) { scaling_moved = moved(res.logits, unscaled_logits(dir, res.tokens)); });
+  expect_parity(res);
+  EXPECT_GT(scaling_moved, 100 * kTolerance);
+}
+
+// Qwen2 / Qwen2.5: q/k/v biases from model_type alone (its config.json has no
+// attention_bias key), none on o; tied embeddings as the small Qwen2.5 models have.
+TEST(ParityTest, RandomModelQwen2Biases) {
+  nlohmann::json cfg = awkward_config();
+  cfg["model_type"] = "qwen2";
+  cfg.erase("attention_bias");
+  cfg["tie_word_embeddings"] = true;
+  cfg["rope_theta"] = 1000000.0;
+  cfg["rms_norm_eps"] = 1e-6;
+  RandomParityResult res;
+  run_random_model_parity("qwen2_biases", cfg, &res);
+  expect_parity(res);
 }
 
 TEST(ParityTest, Stories15MLossAndLogits) {

@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
 """An independent PyTorch reference for LLaMA-family causal language models.
 
-Written from the math of HF `LlamaForCausalLM`, not from lmtune's code, so that lmtune's
-hand-written forward/backward can be checked against autograd:
+Written from the math of HF `LlamaForCausalLM`, `Qwen2ForCausalLM` and `Qwen3ForCausalLM`,
+not from lmtune's code, so that lmtune's hand-written forward/backward can be checked
+against autograd:
 
   h     = embed_tokens[tokens]
   per layer:
     a   = RMSNorm(h) = h * rsqrt(mean(h^2) + eps) * w_in
     q   = a Wq^T (+ bq), k = a Wk^T (+ bk), v = a Wv^T (+ bv)        (heads of size D)
-    q,k = RoPE rotate-half: pairs (i, i + D/2) rotated by pos * theta^(-2i/D)
+    q,k = (qwen3) RMSNorm of each head of q and k with q_norm / k_norm, weight (D)
+    q,k = RoPE rotate-half: pairs (i, i + D/2) rotated by pos * inv_freq[i],
+          inv_freq[i] = theta^(-2i/D), changed by rope_scaling (linear: / factor; llama3:
+          HF's _compute_llama3_parameters)
     att = softmax(q k^T / sqrt(D) + causal mask) v,   query head h reads kv head h // (Hq/Hkv)
     h   = h + att Wo^T (+ bo)
     m   = RMSNorm(h) with w_post
     h   = h + down(silu(gate(m)) * up(m))
   logits = RMSNorm(h) with w_final, then lm_head (= embed_tokens when tie_word_embeddings)
+
+Biases as HF's classes have them: llama and qwen3 on q, k, v and o when attention_bias;
+qwen2 on q, k, v always (its config has no attention_bias), never on o. D is head_dim
+when the config has one (qwen3's default is 128), else hidden_size / num_attention_heads.
 
 Everything runs in float64 by default. The script has no dependency besides torch and
 numpy; it reads and writes safetensors itself (json + struct + numpy).
@@ -176,18 +184,31 @@ class Config:
         self.num_attention_heads = int(need("num_attention_heads"))
         self.num_key_value_heads = int(d.get("num_key_value_heads") or self.num_attention_heads)
         self.vocab_size = int(need("vocab_size"))
-        self.head_dim = int(d.get("head_dim") or self.hidden_size // self.num_attention_heads)
+        model_type = d.get("model_type", "llama")
+        if model_type not in ("llama", "qwen2", "qwen3"):
+            raise ValueError(f"config: model_type '{model_type}' is not supported by the reference")
+        self.model_type = model_type
+        default_head_dim = 128 if model_type == "qwen3" else self.hidden_size // self.num_attention_heads
+        self.head_dim = int(d.get("head_dim") or default_head_dim)
         self.rms_norm_eps = float(d.get("rms_norm_eps", 1e-6))  # HF LlamaConfig default
         self.rope_theta = float(d.get("rope_theta", 10000.0))
         self.tie_word_embeddings = bool(d.get("tie_word_embeddings", False))
-        model_type = d.get("model_type", "llama")
-        self.attention_bias = bool(d.get("attention_bias", model_type == "qwen2"))
+        if model_type == "qwen2":  # Qwen2Attention: q/k/v biases always, none on o_proj
+            self.qkv_bias, self.o_bias = True, False
+        else:  # LlamaAttention, Qwen3Attention: bias=config.attention_bias on all four
+            self.qkv_bias = self.o_bias = bool(d.get("attention_bias", False))
+        self.qk_norm = model_type == "qwen3"
         self.mlp_bias = bool(d.get("mlp_bias", False))
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise ValueError(f"config: hidden_act '{act}' is not supported (only silu)")
-        if d.get("rope_scaling"):
-            raise ValueError(f"config: rope_scaling {d['rope_scaling']} is not supported by the reference")
+        self.rope_scaling = d.get("rope_scaling") or None
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind == "default":
+                self.rope_scaling = None
+            elif kind not in ("linear", "llama3"):
+                raise ValueError(f"config: rope_scaling {self.rope_scaling} is not supported by the reference")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("config: num_attention_heads must be a multiple of num_key_value_heads")
         if self.head_dim % 2:
@@ -205,8 +226,10 @@ def param_names(cfg, present=()):
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             names.append(p + f"self_attn.{proj}.weight")
             bias = p + f"self_attn.{proj}.bias"
-            if (cfg.attention_bias and proj != "o_proj") or bias in present:
+            if (cfg.o_bias if proj == "o_proj" else cfg.qkv_bias) or bias in present:
                 names.append(bias)
+        if cfg.qk_norm:
+            names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
         names.append(p + "post_attention_layernorm.weight")
         for proj in ("gate_proj", "up_proj", "down_proj"):
             names.append(p + f"mlp.{proj}.weight")
@@ -228,6 +251,7 @@ def param_shapes(cfg):
         shapes[name] = {
             "embed_tokens.weight": (V, C), "lm_head.weight": (V, C),
             "input_layernorm.weight": (C,), "post_attention_layernorm.weight": (C,), "norm.weight": (C,),
+            "q_norm.weight": (D,), "k_norm.weight": (D,),
             "q_proj.weight": (qd, C), "k_proj.weight": (kvd, C), "v_proj.weight": (kvd, C),
             "o_proj.weight": (C, qd), "q_proj.bias": (qd,), "k_proj.bias": (kvd,), "v_proj.bias": (kvd,),
             "o_proj.bias": (C,), "gate_proj.weight": (H, C), "up_proj.weight": (H, C),
@@ -381,9 +405,34 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def rope_angles(T, D, theta, pos0=0):
-    """(T, D/2) float64 angles pos * theta^(-2i/D)."""
+def rope_inv_freq(D, theta, rope_scaling=None):
+    """(D/2) float64 frequencies theta^(-2i/D), with HF's rope_scaling applied:
+    linear divides them by factor (= positions divided by factor); llama3 follows
+    transformers' _compute_llama3_parameters (vectorised over the frequencies)."""
     inv_freq = theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    if rope_scaling is None:
+        return inv_freq
+    kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    factor = float(rope_scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling {rope_scaling} is not supported by the reference")
+    low, high = float(rope_scaling["low_freq_factor"]), float(rope_scaling["high_freq_factor"])
+    old_len = float(rope_scaling["original_max_position_embeddings"])
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_angles(T, D, theta, pos0=0, inv_freq=None):
+    """(T, D/2) float64 angles pos * inv_freq[i] (default theta^(-2i/D))."""
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(D, theta)
     pos = torch.arange(pos0, pos0 + T, dtype=torch.float64)
     return pos[:, None] * inv_freq[None, :]
 
@@ -454,7 +503,7 @@ class LlamaRef:
         cfg, P = self.cfg, self.params
         B, T = tokens.shape
         Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        ang = rope_angles(T, D, cfg.rope_theta)
+        ang = rope_angles(T, D, cfg.rope_theta, inv_freq=rope_inv_freq(D, cfg.rope_theta, cfg.rope_scaling))
         cos, sin = torch.cos(ang).to(self.dtype), torch.sin(ang).to(self.dtype)
         rope = apply_rope_interleaved if cfg.rope_style == "interleaved" else apply_rope_half
         h = P["model.embed_tokens.weight"][tokens]
@@ -464,6 +513,9 @@ class LlamaRef:
             q = self.linear(a, p + "self_attn.q_proj").view(B, T, Hq, D).transpose(1, 2)
             k = self.linear(a, p + "self_attn.k_proj").view(B, T, Hkv, D).transpose(1, 2)
             v = self.linear(a, p + "self_attn.v_proj").view(B, T, Hkv, D).transpose(1, 2)
+            if cfg.qk_norm:  # Qwen3: each head normalised over its D values, before RoPE
+                q = rms_norm(q, P[p + "self_attn.q_norm.weight"], cfg.rms_norm_eps)
+                k = rms_norm(k, P[p + "self_attn.k_norm.weight"], cfg.rms_norm_eps)
             q, k = rope(q, cos, sin), rope(k, cos, sin)
             att = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, Hq * D)
             h = h + self.linear(att, p + "self_attn.o_proj")
@@ -488,7 +540,9 @@ def token_losses(logits, targets):
 # ---------------------------------------------------------------------------------------
 
 def hf_config(overrides, torch_dtype="float32"):
-    """config.json as HF LlamaForCausalLM writes it, with `overrides` applied."""
+    """config.json as HF LlamaForCausalLM writes it (Qwen2/Qwen3ForCausalLM when the
+    overrides set model_type), with `overrides` applied; head_dim is hidden_size /
+    num_attention_heads unless the overrides give one."""
     c = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -516,7 +570,15 @@ def hf_config(overrides, torch_dtype="float32"):
         "transformers_version": "4.44.0",
     }
     c.update(overrides)
-    c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
+    c.setdefault("head_dim", c["hidden_size"] // c["num_attention_heads"])
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    c["architectures"] = [arch[c["model_type"]]]
+    if c["model_type"] != "llama":
+        for key in ("mlp_bias", "pretraining_tp"):
+            c.pop(key, None)
+        c.setdefault("use_sliding_window", False)
+    if c["model_type"] == "qwen2":
+        c.pop("attention_bias", None)  # Qwen2Config has no such key: q/k/v biases always
     return c
 
 
@@ -623,6 +685,24 @@ def _naive_rope_half(x, theta, pos0=0):
     return y
 
 
+def _meta_apply_scaling(freqs, factor, low_freq_factor, high_freq_factor, old_context_len):
+    """Llama 3.1's frequency scaling as Meta's llama-models writes it: a loop over the
+    frequencies (independent of the vectorised HF form in rope_inv_freq)."""
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    out = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            out.append(freq)
+        elif wavelen > low_freq_wavelen:
+            out.append(freq / factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def _naive_attention(q, k, v):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
@@ -666,6 +746,25 @@ def selftest():
     err = (a - b).abs().max().item()
     check("rope_interleaved_vs_permuted_half", err < 1e-12, f"max err {err:.2e}")
 
+    # RoPE scaling: llama3 (Llama 3.1 8B's values, and a small config whose 8 frequencies
+    # fall in all three bands) against Meta's loop; linear = positions divided by factor.
+    for D, theta, sc in ((128, 500000.0, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192}),
+                         (16, 10000.0, {"factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 64})):
+        ours = rope_inv_freq(D, theta, dict(sc, rope_type="llama3"))
+        base = theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+        meta = _meta_apply_scaling(base, sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"],
+                                   sc["original_max_position_embeddings"])
+        err = ((ours - meta).abs() / meta).max().item()
+        ratio = base / ours
+        bands = (int((ratio == 1).sum()), int(((ratio > 1) & (ratio < sc["factor"])).sum()),
+                 int((ratio == sc["factor"]).sum()))
+        check(f"rope_llama3_vs_meta_loop D={D}", err < 1e-14 and min(bands) > 0, f"rel err {err:.2e}, bands {bands}")
+    lin = rope_angles(7, 8, 10000.0, inv_freq=rope_inv_freq(8, 10000.0, {"type": "linear", "factor": 4.0}))
+    err = (lin - rope_angles(7, 8, 10000.0) / 4.0).abs().max().item()
+    check("rope_linear_is_positions_over_factor", err < 1e-14, f"max err {err:.2e}")
+
     # Attention (GQA, causal) against a loop.
     q, k, v = torch.randn(2, 6, 7, 4, dtype=dt), torch.randn(2, 2, 7, 4, dtype=dt), torch.randn(2, 2, 7, 4, dtype=dt)
     err = (causal_attention(q, k, v) - _naive_attention(q, k, v)).abs().max().item()
@@ -679,7 +778,8 @@ def selftest():
 
     # Tiny model: gradcheck of the summed loss against finite differences, all parameters.
     for overrides in ({"tie_word_embeddings": False, "attention_bias": False},
-                      {"tie_word_embeddings": True, "attention_bias": True}):
+                      {"tie_word_embeddings": True, "attention_bias": True},
+                      {"model_type": "qwen3", "head_dim": 6, "attention_bias": True}):
         base = {"hidden_size": 12, "intermediate_size": 10, "num_hidden_layers": 2, "num_attention_heads": 3,
                 "num_key_value_heads": 1, "vocab_size": 11, "rope_theta": 500.0}
         base.update(overrides)

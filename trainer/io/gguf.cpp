@@ -2,9 +2,10 @@
 //
 // Design note
 // -----------
-// What: export_gguf turns an HF LLaMA directory into the GGUF v3 file that llama.cpp's
-// convert_hf_to_gguf.py (LlamaModel) would write for it, so that llama.cpp and everything
-// built on it (ollama, LM Studio, node-llama-cpp) run our fine-tuned models. read_gguf is a
+// What: export_gguf turns an HF LLaMA-family directory into the GGUF v3 file that llama.cpp's
+// convert_hf_to_gguf.py (LlamaModel, Qwen2Model, Qwen3Model) would write for it, so that
+// llama.cpp and everything built on it (ollama, LM Studio, node-llama-cpp) run our
+// fine-tuned models. The architecture is config.json's model_type: llama, qwen2 or qwen3. read_gguf is a
 // small validating reader, used by the tests and by anyone who wants to look inside a file.
 //
 // File layout (all little-endian):
@@ -14,11 +15,13 @@
 //   zero padding to general.alignment (32), then the data section; each tensor's offset is
 //   relative to the section's start and a multiple of 32 (zero padding between tensors).
 //
-// Metadata, in the converter's order: general.architecture "llama", general.type "model",
-// general.name (the directory's name, the converter's fallback), llama.block_count,
-// context_length, embedding_length, feed_forward_length, attention.head_count,
-// attention.head_count_kv (u32), rope.freq_base, attention.layer_norm_rms_epsilon (f32),
-// general.file_type, llama.vocab_size, rope.dimension_count (head_dim),
+// Metadata, in the converter's order: general.architecture (ARCH = llama | qwen2 | qwen3),
+// general.type "model", general.name (the directory's name, the converter's fallback),
+// ARCH.block_count, context_length, embedding_length, feed_forward_length,
+// attention.head_count, attention.head_count_kv (u32), rope.freq_base,
+// attention.layer_norm_rms_epsilon (f32), attention.key_length and value_length (head_dim),
+// for linear RoPE scaling rope.scaling.type "linear" and rope.scaling.factor,
+// general.file_type, ARCH.vocab_size, rope.dimension_count (head_dim),
 // general.quantization_version 2, general.alignment 32 (written although it is the default,
 // so the file says what it relies on), then the tokenizer: tokenizer.ggml.model "llama" and
 // pre "default", tokens (SentencePiece spelling: "▁", "<0xNN>"), scores (f32), token_type
@@ -30,15 +33,21 @@
 // writes -1000 for every token, which breaks that order; we don't copy it.)
 //
 // Tensors: token_embd, blk.{i}.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm,
-// ffn_gate, ffn_up, ffn_down} (+ attn_{q,k,v,output}.bias when present), output_norm, and
-// output unless tie_word_embeddings (llama.cpp then reuses token_embd). Every HF tensor must
-// map to one of these (rotary_emb.inv_freq buffers are skipped); anything else is an error,
-// never silently dropped. ne lists dims innermost first: an (out, in) matrix is {in, out}.
+// ffn_gate, ffn_up, ffn_down} (+ attn_{q,k,v,output}.bias when present; + attn_q_norm and
+// attn_k_norm for qwen3), output_norm, output unless tie_word_embeddings (llama.cpp then
+// reuses token_embd), and for llama3 RoPE scaling rope_freqs (D/2, F32): the divisor of
+// each pair's frequency (trainer/model/rope.h), which llama.cpp's llama graph applies.
+// Every HF tensor must map to one of these (rotary_emb.inv_freq buffers are skipped);
+// anything else is an error, never silently dropped. ne lists dims innermost first: an
+// (out, in) matrix is {in, out}. What llama.cpp's graphs cannot express (llama3 scaling on
+// qwen2/qwen3, an o_proj bias on qwen3) is refused before anything is written.
 //
-// RoPE permutation: HF checkpoints hold q_proj/k_proj rows in rotate-half order (row j and
-// row j + hd/2 of a head form a rotation pair); llama.cpp's LLaMA graph rotates adjacent
-// pairs. As the converter does (w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2)), GGUF row
-// h*hd + 2j + s is HF row h*hd + s*hd/2 + j, with n_head = num_key_value_heads for k.
+// RoPE permutation (llama only): HF checkpoints hold q_proj/k_proj rows in rotate-half
+// order (row j and row j + hd/2 of a head form a rotation pair); llama.cpp's LLaMA graph
+// rotates adjacent pairs. As the converter does (w.reshape(n_head, 2, hd/2, in)
+// .swapaxes(1, 2)), GGUF row h*hd + 2j + s is HF row h*hd + s*hd/2 + j, with n_head =
+// num_key_value_heads for k. llama.cpp's qwen2/qwen3 graphs rotate halves, as HF does, so
+// their rows are written as they are.
 //
 // Types: 1-D tensors are F32 always; 2-D weights F32 / F16 / BF16 / Q8_0 by the requested
 // type, Q8_0 falling back to F16 where ne[0] is not a multiple of 32 (as the converter
@@ -60,13 +69,12 @@
 #include <map>
 #include <set>
 
-#include <nlohmann/json.hpp>
-
 #include "trainer/core/dtype.h"
 #include "trainer/core/error.h"
 #include "trainer/data/tokenizer.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/config.h"
+#include "trainer/model/rope.h"
 
 namespace lmtune {
 
@@ -260,6 +268,7 @@ struct PlannedTensor {
   std::vector<int64_t> hf_shape;  // (out, in) or (n), as in the safetensors file
   RopePermute permute = RopePermute::none;
   int64_t permute_heads = 0;
+  std::vector<float> values;  // a tensor computed by the export (rope_freqs), when hf_name is empty
   GgmlType type = GgmlType::f32;
   uint64_t offset = 0;
   uint64_t nbytes = 0;
@@ -363,19 +372,16 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   const fs::path config_json = hf_dir / "config.json";
   const LlamaConfig cfg = load_llama_config(config_json);
 
-  // What LlamaConfig does not carry but would change the model llama.cpp builds.
-  const auto raw_cfg = nlohmann::json::parse(read_file_to_string(config_json, "config.json"), nullptr, false);
-  LMTUNE_CHECK(raw_cfg.is_object(), src, ": ", config_json.string(), " is not a JSON object");
-  if (auto it = raw_cfg.find("rope_scaling"); it != raw_cfg.end()) {
-    LMTUNE_CHECK(it->is_null(), src, ": config.json has rope_scaling ", it->dump(),
-                 ", which the GGUF export does not support");
-  }
-  if (auto it = raw_cfg.find("head_dim"); it != raw_cfg.end() && !it->is_null()) {
-    LMTUNE_CHECK(it->is_number_integer() && it->get<int64_t>() == cfg.head_dim(), src, ": config.json head_dim ",
-                 it->dump(), " differs from hidden_size / num_attention_heads = ", cfg.head_dim(),
-                 "; the GGUF export does not support that");
-  }
-  LMTUNE_CHECK(cfg.head_dim() % 2 == 0, src, ": head_dim ", cfg.head_dim(), " is odd; RoPE needs an even head_dim");
+  // llama.cpp's architecture names are HF's model_type. Its llama graph rotates adjacent
+  // pairs, so q/k rows are permuted; its qwen2 and qwen3 graphs rotate halves, as HF does.
+  const std::string arch(model_family_name(cfg.family));
+  const RopePermute qk_permute = cfg.family == ModelFamily::llama ? RopePermute::rows : RopePermute::none;
+  LMTUNE_CHECK(cfg.rope_scaling.type != RopeScalingType::llama3 || cfg.family == ModelFamily::llama, src,
+               ": rope_scaling of type llama3 on a ", arch, " model: llama.cpp reads per-dimension RoPE factors ",
+               "(rope_freqs) only for the llama architecture");
+  LMTUNE_CHECK(cfg.family != ModelFamily::qwen3 || !cfg.o_bias(), src,
+               ": a qwen3 model with attention_bias (which biases o_proj too): llama.cpp's qwen3 architecture ",
+               "has no o_proj bias");
 
   const SafeTensorsReader st = SafeTensorsReader::open(hf_dir);
   const Tokenizer tok = Tokenizer::from_model_dir(hf_dir);
@@ -384,6 +390,7 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
 
   // ---- plan the tensors ----
   const int64_t C = cfg.hidden_size, H = cfg.intermediate_size, V = cfg.vocab_size, kv = cfg.kv_dim();
+  const int64_t qd = cfg.q_dim(), D = cfg.head_dim();
   std::vector<PlannedTensor> plan;
   std::set<std::string> used;
   auto add = [&](std::string gguf_name, const std::string& hf_name, std::vector<int64_t> shape, RopePermute perm,
@@ -414,14 +421,18 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
     const std::string gg = "blk." + std::to_string(i) + ".";
     const int64_t hq = cfg.num_attention_heads, hkv = cfg.num_key_value_heads;
     add(gg + "attn_norm.weight", hf + "input_layernorm.weight", {C}, RopePermute::none, 0);
-    add(gg + "attn_q.weight", hf + "self_attn.q_proj.weight", {C, C}, RopePermute::rows, hq);
-    add_optional(gg + "attn_q.bias", hf + "self_attn.q_proj.bias", {C}, RopePermute::rows, hq);
-    add(gg + "attn_k.weight", hf + "self_attn.k_proj.weight", {kv, C}, RopePermute::rows, hkv);
-    add_optional(gg + "attn_k.bias", hf + "self_attn.k_proj.bias", {kv}, RopePermute::rows, hkv);
+    add(gg + "attn_q.weight", hf + "self_attn.q_proj.weight", {qd, C}, qk_permute, hq);
+    add_optional(gg + "attn_q.bias", hf + "self_attn.q_proj.bias", {qd}, qk_permute, hq);
+    add(gg + "attn_k.weight", hf + "self_attn.k_proj.weight", {kv, C}, qk_permute, hkv);
+    add_optional(gg + "attn_k.bias", hf + "self_attn.k_proj.bias", {kv}, qk_permute, hkv);
     add(gg + "attn_v.weight", hf + "self_attn.v_proj.weight", {kv, C}, RopePermute::none, 0);
     add_optional(gg + "attn_v.bias", hf + "self_attn.v_proj.bias", {kv}, RopePermute::none, 0);
-    add(gg + "attn_output.weight", hf + "self_attn.o_proj.weight", {C, C}, RopePermute::none, 0);
+    add(gg + "attn_output.weight", hf + "self_attn.o_proj.weight", {C, qd}, RopePermute::none, 0);
     add_optional(gg + "attn_output.bias", hf + "self_attn.o_proj.bias", {C}, RopePermute::none, 0);
+    if (cfg.qk_norm()) {  // per-head, so untouched by the rows' permutation (and qwen3 has none)
+      add(gg + "attn_q_norm.weight", hf + "self_attn.q_norm.weight", {D}, RopePermute::none, 0);
+      add(gg + "attn_k_norm.weight", hf + "self_attn.k_norm.weight", {D}, RopePermute::none, 0);
+    }
     add(gg + "ffn_norm.weight", hf + "post_attention_layernorm.weight", {C}, RopePermute::none, 0);
     add(gg + "ffn_gate.weight", hf + "mlp.gate_proj.weight", {H, C}, RopePermute::none, 0);
     add(gg + "ffn_up.weight", hf + "mlp.up_proj.weight", {H, C}, RopePermute::none, 0);
@@ -438,8 +449,16 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   for (const auto& name : st.names()) {
     if (used.count(name) != 0) continue;
     if (name.ends_with("rotary_emb.inv_freq")) continue;  // a buffer, recomputed by llama.cpp
-    LMTUNE_THROW(src, ": tensor '", name, "' has no GGUF counterpart for a LLaMA model (is it a LoRA adapter ",
+    LMTUNE_THROW(src, ": tensor '", name, "' has no GGUF counterpart for a ", arch, " model (is it a LoRA adapter ",
                  "that was not merged?)");
+  }
+  if (cfg.rope_scaling.type == RopeScalingType::llama3) {  // llama.cpp divides theta^(-2i/D) by these
+    PlannedTensor p;
+    p.gguf_name = "rope_freqs.weight";
+    p.hf_shape = {D / 2};
+    for (double d : rope_freq_divisors(cfg)) p.values.push_back(static_cast<float>(d));
+    p.nbytes = ggml_nbytes(p.type, p.numel());
+    plan.push_back(std::move(p));
   }
 
   uint64_t data_bytes = 0;
@@ -477,20 +496,26 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   if (name.empty()) name = "model";
 
   HeaderBuilder kvs;
-  kvs.kv_str("general.architecture", "llama");
+  kvs.kv_str("general.architecture", arch);
   kvs.kv_str("general.type", "model");
   kvs.kv_str("general.name", name);
-  kvs.kv_u32("llama.block_count", static_cast<uint64_t>(cfg.num_hidden_layers));
-  kvs.kv_u32("llama.context_length", static_cast<uint64_t>(cfg.max_position_embeddings));
-  kvs.kv_u32("llama.embedding_length", static_cast<uint64_t>(C));
-  kvs.kv_u32("llama.feed_forward_length", static_cast<uint64_t>(H));
-  kvs.kv_u32("llama.attention.head_count", static_cast<uint64_t>(cfg.num_attention_heads));
-  kvs.kv_u32("llama.attention.head_count_kv", static_cast<uint64_t>(cfg.num_key_value_heads));
-  kvs.kv_f32("llama.rope.freq_base", cfg.rope_theta);
-  kvs.kv_f32("llama.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps);
+  kvs.kv_u32(arch + ".block_count", static_cast<uint64_t>(cfg.num_hidden_layers));
+  kvs.kv_u32(arch + ".context_length", static_cast<uint64_t>(cfg.max_position_embeddings));
+  kvs.kv_u32(arch + ".embedding_length", static_cast<uint64_t>(C));
+  kvs.kv_u32(arch + ".feed_forward_length", static_cast<uint64_t>(H));
+  kvs.kv_u32(arch + ".attention.head_count", static_cast<uint64_t>(cfg.num_attention_heads));
+  kvs.kv_u32(arch + ".attention.head_count_kv", static_cast<uint64_t>(cfg.num_key_value_heads));
+  kvs.kv_f32(arch + ".rope.freq_base", cfg.rope_theta);
+  kvs.kv_f32(arch + ".attention.layer_norm_rms_epsilon", cfg.rms_norm_eps);
+  kvs.kv_u32(arch + ".attention.key_length", static_cast<uint64_t>(D));
+  kvs.kv_u32(arch + ".attention.value_length", static_cast<uint64_t>(D));
+  if (cfg.rope_scaling.type == RopeScalingType::linear) {
+    kvs.kv_str(arch + ".rope.scaling.type", "linear");
+    kvs.kv_f32(arch + ".rope.scaling.factor", cfg.rope_scaling.factor);
+  }
   kvs.kv_u32("general.file_type", file_type_of(type));
-  kvs.kv_u32("llama.vocab_size", static_cast<uint64_t>(V));
-  kvs.kv_u32("llama.rope.dimension_count", static_cast<uint64_t>(cfg.head_dim()));
+  kvs.kv_u32(arch + ".vocab_size", static_cast<uint64_t>(V));
+  kvs.kv_u32(arch + ".rope.dimension_count", static_cast<uint64_t>(D));
   kvs.kv_u32("general.quantization_version", kQuantizationVersion);
   kvs.kv_u32("general.alignment", kAlignment);
   kvs.kv_str("tokenizer.ggml.model", "llama");
@@ -533,7 +558,7 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   static const char kZeros[kAlignment] = {};
   for (const auto& p : plan) {
     LMTUNE_ASSERT(written == p.offset);
-    std::vector<float> x = to_f32(st.get(p.hf_name), src);
+    std::vector<float> x = p.hf_name.empty() ? p.values : to_f32(st.get(p.hf_name), src);
     if (p.permute == RopePermute::rows) {
       const int64_t rows = p.hf_shape[0];
       LMTUNE_ASSERT(rows % (2 * p.permute_heads) == 0, p.hf_name);

@@ -1,5 +1,6 @@
-// GGUF (llama.cpp's model file): export of an HF LLaMA directory, written as llama.cpp's
-// convert_hf_to_gguf.py writes LlamaForCausalLM, and a reader that validates every count,
+// GGUF (llama.cpp's model file): export of an HF LLaMA-family directory, written as
+// llama.cpp's convert_hf_to_gguf.py writes LlamaForCausalLM / Qwen2ForCausalLM /
+// Qwen3ForCausalLM, and a reader that validates every count,
 // size and offset before it trusts them. See the design note in gguf.cpp.
 #pragma once
 
@@ -31,10 +32,11 @@ enum class GgufType {
 GgufType parse_gguf_type(std::string_view name);
 std::string_view gguf_type_name(GgufType t);
 
-// Converts an HF LLaMA directory (config.json, model.safetensors or a sharded index,
-// tokenizer.json) into one GGUF v3 file that llama.cpp loads as architecture "llama".
-// q_proj/k_proj rows are permuted from HF's rotate-half order back to the interleaved
-// order of llama.cpp's RoPE. The file is written atomically.
+// Converts an HF LLaMA-family directory (config.json, model.safetensors or a sharded index,
+// tokenizer.json) into one GGUF v3 file that llama.cpp loads as architecture "llama",
+// "qwen2" or "qwen3" (config.json's model_type). For llama, q_proj/k_proj rows are
+// permuted from HF's rotate-half order back to the interleaved order of llama.cpp's RoPE.
+// The file is written atomically.
 void export_gguf(const std::filesystem::path& hf_dir, const std::filesystem::path& out_file, GgufType type);
 
 // ---- ggml tensor types ------------------------------------------------------------------

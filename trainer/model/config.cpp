@@ -3,6 +3,9 @@
 // the file and the key named, not later with a shape mismatch.
 #include "trainer/model/config.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "trainer/core/error.h"
@@ -90,7 +93,87 @@ struct Reader {
   }
 };
 
+
+// rope_scaling (or transformers 5's rope_parameters) -> RopeScaling. `key` names the object
+// in messages; `theta` receives a rope_theta found inside it (rope_parameters only).
+RopeScaling parse_rope_scaling(const Reader& r, const std::string& key, const json& v, double* theta) {
+  if (!v.is_object()) r.wrong_type(key, v, "an object or null");
+  const std::string& src = r.src;
+  auto number = [&](const char* name) -> const json* {
+    auto it = v.find(name);
+    if (it == v.end() || it->is_null()) return nullptr;
+    if (!it->is_number()) r.wrong_type(key + "." + name, *it, "a number");
+    return &*it;
+  };
+  auto required = [&](const char* name, const std::string& type) -> const json& {
+    const json* x = number(name);
+    LMTUNE_CHECK(x != nullptr, src, ": key '", key, "' of rope_type '", type, "' needs '", name, "'");
+    return *x;
+  };
+  std::string type;
+  for (const char* name : {"rope_type", "type"}) {
+    auto it = v.find(name);
+    if (it == v.end() || it->is_null()) continue;
+    if (!it->is_string()) r.wrong_type(key + "." + name, *it, "a string");
+    const std::string t = it->get<std::string>();
+    LMTUNE_CHECK(type.empty() || type == t, src, ": key '", key, "' says rope_type '", type, "' and type '", t, "'");
+    type = t;
+  }
+  LMTUNE_CHECK(!type.empty(), src, ": key '", key, "' has no 'rope_type' (", v.dump(), ")");
+  RopeScaling s;
+  std::vector<std::string> allowed = {"rope_type", "type"};
+  if (theta != nullptr) {
+    allowed.push_back("rope_theta");
+    if (const json* t = number("rope_theta")) *theta = t->get<double>();
+  }
+  if (type == "default") {
+    s.type = RopeScalingType::none;
+  } else if (type == "linear") {
+    s.type = RopeScalingType::linear;
+    s.factor = required("factor", type).get<double>();
+    allowed.push_back("factor");
+  } else if (type == "llama3") {
+    s.type = RopeScalingType::llama3;
+    s.factor = required("factor", type).get<double>();
+    s.low_freq_factor = required("low_freq_factor", type).get<double>();
+    s.high_freq_factor = required("high_freq_factor", type).get<double>();
+    s.original_max_position_embeddings =
+        r.as_int(key + ".original_max_position_embeddings", required("original_max_position_embeddings", type));
+    for (const char* k : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+      allowed.push_back(k);
+  } else {
+    LMTUNE_THROW(src, ": key '", key, "' has rope_type '", type,
+                 "', which lmtune does not support (supported: default, linear, llama3)");
+  }
+  for (const auto& [k, value] : v.items()) {
+    if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) continue;
+    std::string list;
+    for (const std::string& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    LMTUNE_THROW(src, ": key '", key, "' of rope_type '", type, "' has '", k, "', which lmtune does not know (", list,
+                 " are)");
+  }
+  return s;
+}
+
 }  // namespace
+
+std::string_view model_family_name(ModelFamily f) {
+  switch (f) {
+    case ModelFamily::llama: return "llama";
+    case ModelFamily::qwen2: return "qwen2";
+    case ModelFamily::qwen3: return "qwen3";
+  }
+  return "?";
+}
+
+std::string_view rope_scaling_type_name(RopeScalingType t) {
+  switch (t) {
+    case RopeScalingType::none: return "default";
+    case RopeScalingType::linear: return "linear";
+    case RopeScalingType::llama3: return "llama3";
+  }
+  return "?";
+}
 
 void LlamaConfig::validate(const std::string& source) const {
   auto positive = [&](const char* key, int64_t v) {
@@ -103,14 +186,30 @@ void LlamaConfig::validate(const std::string& source) const {
   positive("num_key_value_heads", num_key_value_heads);
   positive("vocab_size", vocab_size);
   positive("max_position_embeddings", max_position_embeddings);
-  LMTUNE_CHECK(hidden_size % num_attention_heads == 0, source, ": num_attention_heads (", num_attention_heads,
-               ") does not divide hidden_size (", hidden_size, ")");
+  LMTUNE_CHECK(attention_head_dim >= 0, source, ": 'head_dim' must be positive, got ", attention_head_dim);
+  LMTUNE_CHECK(attention_head_dim > 0 || hidden_size % num_attention_heads == 0, source, ": num_attention_heads (",
+               num_attention_heads, ") does not divide hidden_size (", hidden_size, ") and there is no 'head_dim'");
   LMTUNE_CHECK(num_attention_heads % num_key_value_heads == 0, source, ": num_key_value_heads (",
                num_key_value_heads, ") does not divide num_attention_heads (", num_attention_heads, ")");
-  LMTUNE_CHECK(head_dim() % 2 == 0, source, ": head dimension hidden_size / num_attention_heads = ", head_dim(),
-               " must be even for RoPE");
+  LMTUNE_CHECK(head_dim() % 2 == 0, source, ": head dimension ", head_dim(),
+               attention_head_dim > 0 ? " ('head_dim')" : " (hidden_size / num_attention_heads)", " must be even for RoPE");
+  constexpr int64_t kMaxHeadDim = 256;  // the attention and RoPE kernels' limit (kernels/cpu/common.h)
+  LMTUNE_CHECK(head_dim() <= kMaxHeadDim, source, ": head dimension ", head_dim(), " is above ", kMaxHeadDim,
+               ", the largest the kernels support");
   LMTUNE_CHECK(rms_norm_eps > 0, source, ": 'rms_norm_eps' must be positive, got ", rms_norm_eps);
   LMTUNE_CHECK(rope_theta > 0, source, ": 'rope_theta' must be positive, got ", rope_theta);
+  const RopeScaling& rs = rope_scaling;
+  if (rs.type != RopeScalingType::none) {
+    LMTUNE_CHECK(rs.factor > 0, source, ": 'rope_scaling.factor' must be positive, got ", rs.factor);
+  }
+  if (rs.type == RopeScalingType::llama3) {
+    LMTUNE_CHECK(rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor, source,
+                 ": 'rope_scaling' needs 0 < low_freq_factor < high_freq_factor, got ", rs.low_freq_factor, " and ",
+                 rs.high_freq_factor);
+    LMTUNE_CHECK(rs.original_max_position_embeddings > 0, source,
+                 ": 'rope_scaling.original_max_position_embeddings' must be positive, got ",
+                 rs.original_max_position_embeddings);
+  }
   LMTUNE_CHECK(bos_token_id < vocab_size && eos_token_id < vocab_size, source, ": bos_token_id (", bos_token_id,
                ") / eos_token_id (", eos_token_id, ") must be below vocab_size (", vocab_size, ")");
 }
@@ -129,6 +228,17 @@ LlamaConfig load_llama_config(const std::filesystem::path& config_json) {
   const Reader r{j, src};
 
   LlamaConfig c;
+  std::string model_type = "llama";
+  r.optional_string("model_type", model_type);
+  if (model_type == "llama") {
+    c.family = ModelFamily::llama;
+  } else if (model_type == "qwen2") {
+    c.family = ModelFamily::qwen2;
+  } else if (model_type == "qwen3") {
+    c.family = ModelFamily::qwen3;
+  } else {
+    LMTUNE_THROW(src, ": model_type '", model_type, "' is not supported (supported: llama, qwen2, qwen3)");
+  }
   c.hidden_size = r.required_int("hidden_size");
   c.intermediate_size = r.required_int("intermediate_size");
   c.num_hidden_layers = r.required_int("num_hidden_layers");
@@ -136,25 +246,33 @@ LlamaConfig load_llama_config(const std::filesystem::path& config_json) {
   c.vocab_size = r.required_int("vocab_size");
   c.num_key_value_heads = c.num_attention_heads;
   r.optional_int("num_key_value_heads", c.num_key_value_heads);
+  if (c.family == ModelFamily::qwen3) c.attention_head_dim = 128;  // Qwen3Config's default
+  r.optional_int("head_dim", c.attention_head_dim);
+  LMTUNE_CHECK(c.attention_head_dim >= 0, src, ": 'head_dim' must be positive, got ", c.attention_head_dim);
   r.optional_double("rms_norm_eps", c.rms_norm_eps);
   r.optional_double("rope_theta", c.rope_theta);
+  if (const json* rs = r.find("rope_scaling")) c.rope_scaling = parse_rope_scaling(r, "rope_scaling", *rs, nullptr);
+  if (const json* rp = r.find("rope_parameters")) {
+    LMTUNE_CHECK(r.find("rope_scaling") == nullptr, src,
+                 ": has both 'rope_scaling' and 'rope_parameters'; expected one of them");
+    c.rope_scaling = parse_rope_scaling(r, "rope_parameters", *rp, &c.rope_theta);
+  }
   r.optional_int("max_position_embeddings", c.max_position_embeddings);
   r.optional_bool("tie_word_embeddings", c.tie_word_embeddings);
-  r.optional_bool("attention_bias", c.attention_bias);
+  if (c.family != ModelFamily::qwen2) r.optional_bool("attention_bias", c.attention_bias);  // Qwen2 has no such key
   r.optional_token_id("bos_token_id", c.bos_token_id);
   r.optional_token_id("eos_token_id", c.eos_token_id);
   r.optional_string("torch_dtype", c.torch_dtype);
-  if (const json* hd = r.find("head_dim")) {
-    const int64_t head_dim = r.as_int("head_dim", *hd);
-    LMTUNE_CHECK(c.num_attention_heads <= 0 || head_dim * c.num_attention_heads == c.hidden_size, src,
-                 ": 'head_dim' (", head_dim, ") * num_attention_heads (", c.num_attention_heads,
-                 ") != hidden_size (", c.hidden_size, "); a decoupled head_dim is not supported");
-  }
   if (const json* act = r.find("hidden_act")) {
     LMTUNE_CHECK(act->is_string(), src, ": key 'hidden_act' must be a string, got ", json_type_name(*act));
     LMTUNE_CHECK(act->get<std::string>() == "silu", src, ": hidden_act '", act->get<std::string>(),
                  "' is not supported (LLaMA uses 'silu')");
   }
+  bool unsupported = false;
+  r.optional_bool("mlp_bias", unsupported);
+  LMTUNE_CHECK(!unsupported, src, ": 'mlp_bias' true (biases on the MLP projections) is not supported");
+  r.optional_bool("use_sliding_window", unsupported);
+  LMTUNE_CHECK(!unsupported, src, ": 'use_sliding_window' true (sliding-window attention) is not supported");
   c.validate(src);
   return c;
 }
@@ -162,8 +280,12 @@ LlamaConfig load_llama_config(const std::filesystem::path& config_json) {
 void save_llama_config(const std::filesystem::path& config_json, const LlamaConfig& cfg) {
   cfg.validate("config to save as " + config_json.string());
   nlohmann::ordered_json j;
-  j["architectures"] = {"LlamaForCausalLM"};
-  j["model_type"] = "llama";
+  switch (cfg.family) {
+    case ModelFamily::llama: j["architectures"] = {"LlamaForCausalLM"}; break;
+    case ModelFamily::qwen2: j["architectures"] = {"Qwen2ForCausalLM"}; break;
+    case ModelFamily::qwen3: j["architectures"] = {"Qwen3ForCausalLM"}; break;
+  }
+  j["model_type"] = std::string(model_family_name(cfg.family));
   j["hidden_act"] = "silu";
   j["hidden_size"] = cfg.hidden_size;
   j["intermediate_size"] = cfg.intermediate_size;
@@ -174,14 +296,30 @@ void save_llama_config(const std::filesystem::path& config_json, const LlamaConf
   j["vocab_size"] = cfg.vocab_size;
   j["rms_norm_eps"] = cfg.rms_norm_eps;
   j["rope_theta"] = cfg.rope_theta;
-  j["rope_scaling"] = nullptr;
+  const RopeScaling& rs = cfg.rope_scaling;
+  switch (rs.type) {
+    case RopeScalingType::none: j["rope_scaling"] = nullptr; break;
+    case RopeScalingType::linear: j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rs.factor}}; break;
+    case RopeScalingType::llama3:
+      j["rope_scaling"] = {{"rope_type", "llama3"},
+                           {"factor", rs.factor},
+                           {"low_freq_factor", rs.low_freq_factor},
+                           {"high_freq_factor", rs.high_freq_factor},
+                           {"original_max_position_embeddings", rs.original_max_position_embeddings}};
+      break;
+  }
   j["max_position_embeddings"] = cfg.max_position_embeddings;
   j["tie_word_embeddings"] = cfg.tie_word_embeddings;
-  j["attention_bias"] = cfg.attention_bias;
+  if (cfg.family != ModelFamily::qwen2) j["attention_bias"] = cfg.attention_bias;
   j["attention_dropout"] = 0.0;
-  j["mlp_bias"] = false;
+  if (cfg.family == ModelFamily::llama) {
+    j["mlp_bias"] = false;
+    j["pretraining_tp"] = 1;
+  } else {
+    j["use_sliding_window"] = false;
+    j["sliding_window"] = nullptr;
+  }
   j["initializer_range"] = 0.02;
-  j["pretraining_tp"] = 1;
   j["use_cache"] = true;
   j["bos_token_id"] = cfg.bos_token_id;
   j["eos_token_id"] = cfg.eos_token_id;

@@ -5,6 +5,7 @@
 
 #include "kernels/ops.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/rope.h"
 #include "trainer/peft/lora.h"
 
 namespace lmtune {
@@ -21,11 +22,15 @@ Tensor act(Allocator& alloc, Shape shape, DType dtype = DType::f32) {
 // LlamaBlock
 
 LlamaBlock::LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const UnitLayout& layout,
-                       const LinearFactory& factory, int index)
-    : cfg_(cfg), alloc_(alloc), layout_(layout), index_(index) {
+                       const LinearFactory& factory, int index, Tensor rope_inv_freq)
+    : cfg_(cfg), alloc_(alloc), layout_(layout), index_(index), rope_inv_freq_(std::move(rope_inv_freq)) {
   const std::string prefix = "model.layers." + std::to_string(index) + ".";
   ln1_row_ = layout.index(prefix + "input_layernorm.weight");
   ln2_row_ = layout.index(prefix + "post_attention_layernorm.weight");
+  if (cfg.qk_norm()) {
+    qn_row_ = layout.index(prefix + "self_attn.q_norm.weight");
+    kn_row_ = layout.index(prefix + "self_attn.k_norm.weight");
+  }
   const std::vector<ProjSpec> specs = block_proj_specs(cfg);
   for (int p = 0; p < kNumProj; ++p) proj_[p] = factory.make(specs[p], prefix, layout);
 }
@@ -38,6 +43,12 @@ void LlamaBlock::bind(std::span<const Tensor> params, std::span<const Tensor> gr
   ln2_w_ = params[ln2_row_];
   dln1_w_ = grads.empty() ? Tensor() : grads[ln1_row_];
   dln2_w_ = grads.empty() ? Tensor() : grads[ln2_row_];
+  if (qn_row_ >= 0) {
+    qn_w_ = params[qn_row_];
+    kn_w_ = params[kn_row_];
+    dqn_w_ = grads.empty() ? Tensor() : grads[qn_row_];
+    dkn_w_ = grads.empty() ? Tensor() : grads[kn_row_];
+  }
   trains_ = false;
   for (const Tensor& g : grads) trains_ = trains_ || g.defined();
   for (auto& p : proj_) p->bind(params, grads);
@@ -55,20 +66,35 @@ Tensor LlamaBlock::forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, 
                            BlockActivations* save, const MicroBatchContext& ctx) {
   const int64_t N = B * T, C = cfg_.hidden_size, H = cfg_.intermediate_size;
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim();
-  const float theta = static_cast<float>(cfg_.rope_theta);
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const bool qk_norm = qn_row_ >= 0;
   LMTUNE_ASSERT(cache != nullptr || pos0 == 0, "a forward at pos0 > 0 needs a KV cache");
 
   Tensor ln1 = act(alloc_, {N, C}), ln1_rstd = act(alloc_, {N});
   ops::rmsnorm_forward(ln1, ln1_rstd, x, ln1_w_, eps);
 
   Tensor q = act(alloc_, {B, T, Hq, D}), k = act(alloc_, {B, T, Hkv, D}), v = act(alloc_, {B, T, Hkv, D});
-  Tensor q2 = q.reshape({N, Hq * D}), k2 = k.reshape({N, Hkv * D}), v2 = v.reshape({N, Hkv * D});
+  // Qwen3: the projections land in q_pre / k_pre and each head is RMS-normalised into q / k.
+  Tensor q_pre, k_pre, q_rstd, k_rstd;
+  if (qk_norm) {
+    q_pre = act(alloc_, {B, T, Hq, D});
+    k_pre = act(alloc_, {B, T, Hkv, D});
+  }
+  Tensor q2 = (qk_norm ? q_pre : q).reshape({N, Hq * D}), k2 = (qk_norm ? k_pre : k).reshape({N, Hkv * D});
+  Tensor v2 = v.reshape({N, Hkv * D});
   proj(kQ).forward(q2, ln1, proj_context(ctx, kQ));
   proj(kK).forward(k2, ln1, proj_context(ctx, kK));
   proj(kV).forward(v2, ln1, proj_context(ctx, kV));
-  ops::rope_forward(q, q, pos0, theta);
-  ops::rope_forward(k, k, pos0, theta);
+  q2 = k2 = v2 = Tensor();
+  if (qk_norm) {
+    q_rstd = act(alloc_, {N * Hq});
+    k_rstd = act(alloc_, {N * Hkv});
+    ops::rmsnorm_forward(q, q_rstd, q_pre, qn_w_, eps);
+    ops::rmsnorm_forward(k, k_rstd, k_pre, kn_w_, eps);
+    if (save == nullptr) q_pre = k_pre = q_rstd = k_rstd = Tensor();
+  }
+  ops::rope_forward(q, q, pos0, rope_inv_freq_);
+  ops::rope_forward(k, k, pos0, rope_inv_freq_);
 
   Tensor keys = k, values = v;
   if (cache != nullptr) {
@@ -110,9 +136,25 @@ Tensor LlamaBlock::forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, 
   ops::add_inplace(out, res1);
 
   if (save != nullptr) {
-    *save = BlockActivations{x, std::move(ln1), std::move(ln1_rstd), std::move(q), std::move(k), std::move(v),
-                             std::move(att), std::move(lse), std::move(res1), std::move(ln2), std::move(ln2_rstd),
-                             std::move(gate), std::move(up), std::move(a), ctx};
+    *save = BlockActivations{.x_in = x,
+                             .ln1 = std::move(ln1),
+                             .ln1_rstd = std::move(ln1_rstd),
+                             .q = std::move(q),
+                             .k = std::move(k),
+                             .v = std::move(v),
+                             .q_pre = std::move(q_pre),
+                             .k_pre = std::move(k_pre),
+                             .q_rstd = std::move(q_rstd),
+                             .k_rstd = std::move(k_rstd),
+                             .att = std::move(att),
+                             .att_lse = std::move(lse),
+                             .res1 = std::move(res1),
+                             .ln2 = std::move(ln2),
+                             .ln2_rstd = std::move(ln2_rstd),
+                             .gate = std::move(gate),
+                             .up = std::move(up),
+                             .act = std::move(a),
+                             .ctx = ctx};
   }
   return out;
 }
@@ -121,7 +163,6 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
   using ops::GradWrite;
   const int64_t N = B * T, C = cfg_.hidden_size, H = cfg_.intermediate_size;
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim();
-  const float theta = static_cast<float>(cfg_.rope_theta);
   LMTUNE_ASSERT(trains_, "backward through a block that does not train (no gradients bound)");
 
   // MLP branch: out = res1 + down(silu(gate(ln2)) * up(ln2)),  ln2 = rmsnorm(res1)
@@ -142,6 +183,7 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
     s.res1 = s.ln2_rstd = Tensor();
   }
   // Attention branch: res1 = x_in + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))),  ln1 = rmsnorm(x_in)
+  // (Qwen3: rope(q_norm(q(ln1))) and rope(k_norm(k(ln1))), each head normalised on its own)
   {
     Tensor datt = act(alloc_, {B, T, Hq, D});
     Tensor datt2 = datt.reshape({N, Hq * D});
@@ -149,8 +191,20 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
     Tensor dq = act(alloc_, {B, T, Hq, D}), dk = act(alloc_, {B, T, Hkv, D}), dv = act(alloc_, {B, T, Hkv, D});
     ops::attention_backward(dq, dk, dv, datt, s.q, s.k, s.v, s.att, s.att_lse);
     datt = datt2 = s.att = s.att_lse = s.q = s.k = s.v = Tensor();
-    ops::rope_backward(dq, dq, 0, theta);
-    ops::rope_backward(dk, dk, 0, theta);
+    ops::rope_backward(dq, dq, 0, rope_inv_freq_);
+    ops::rope_backward(dk, dk, 0, rope_inv_freq_);
+    if (qn_row_ >= 0) {  // through the per-head norms: dq, dk become d loss / d projection output
+      Tensor dq_pre = act(alloc_, {B, T, Hq, D});
+      ops::rmsnorm_backward(dq_pre, dqn_w_.defined() ? &dqn_w_ : nullptr, dq, s.q_pre, qn_w_, s.q_rstd,
+                            GradWrite::assign);
+      dq = std::move(dq_pre);
+      s.q_pre = s.q_rstd = Tensor();
+      Tensor dk_pre = act(alloc_, {B, T, Hkv, D});
+      ops::rmsnorm_backward(dk_pre, dkn_w_.defined() ? &dkn_w_ : nullptr, dk, s.k_pre, kn_w_, s.k_rstd,
+                            GradWrite::assign);
+      dk = std::move(dk_pre);
+      s.k_pre = s.k_rstd = Tensor();
+    }
     Tensor dln1 = act(alloc_, {N, C});
     proj(kQ).backward(&dln1, dq.reshape({N, Hq * D}), s.ln1, proj_context(s.ctx, kQ), GradWrite::assign);
     dq = Tensor();
@@ -181,8 +235,15 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, Allocator& alloc, ModelOptions op
       factory_(opts_),
       storage_(storage) {
   const int U = layout_.num_units();
+  {
+    const std::vector<double> f64 = lmtune::rope_inv_freq(cfg_);
+    const std::vector<float> f32(f64.begin(), f64.end());
+    rope_inv_freq_ = Tensor::empty(alloc, {static_cast<int64_t>(f32.size())}, DType::f32, MemCategory::weights);
+    rope_inv_freq_.copy_from_host(f32.data(), DType::f32);
+  }
   for (int l = 0; l < layout_.num_blocks(); ++l)
-    blocks_.push_back(std::make_unique<LlamaBlock>(cfg_, alloc, layout_.units[ModelLayout::block_unit(l)], factory_, l));
+    blocks_.push_back(std::make_unique<LlamaBlock>(cfg_, alloc, layout_.units[ModelLayout::block_unit(l)], factory_, l,
+                                                   rope_inv_freq_));
   params_.resize(U);
   grads_.resize(U);
   for (int u = 0; u < U; ++u) {
@@ -224,7 +285,7 @@ void LlamaModel::load_weights(const SafeTensorsReader& reader) {
     wanted.insert(p.name);
   }
   // Strict, as torch's load_state_dict: a tensor this model would not use means the
-  // checkpoint is of another architecture (an o_proj bias, a model_type we do not know).
+  // checkpoint is of another architecture (biases or norms its config.json does not declare).
   for (const std::string& name : reader.names()) {
     if (wanted.count(name) || name.ends_with("rotary_emb.inv_freq")) continue;
     if (name == "lm_head.weight" && cfg_.tie_word_embeddings) continue;  // some tied checkpoints store it

@@ -1,9 +1,14 @@
 // The LLaMA model — design note.
 //
 // Embedding, blocks of (RMSNorm, GQA attention with RoPE, RMSNorm, SwiGLU MLP) with
-// residuals, final RMSNorm, lm_head (tied or not). Forward and backward are written by
-// hand, one op at a time (kernels/ops.h); each block saves exactly the activations its
-// backward needs, in BlockActivations.
+// residuals, final RMSNorm, lm_head (tied or not). The families of config.h differ only
+// inside attention: biases on the projections (llama/qwen3: attention_bias on q, k, v, o;
+// qwen2: q, k, v), Qwen3's per-head RMSNorm of q and k between the projection and RoPE, a
+// head_dim D that need not be C / Hq, and RoPE's frequency table (with any scaling folded
+// in: rope.h), which the model computes once from the config and holds as a tensor
+// (category weights) that every block reads. Forward and backward are written by hand,
+// one op at a time (kernels/ops.h); each block saves exactly the activations its backward
+// needs, in BlockActivations.
 //
 // Units and stages. The model is a sequence of units — the embedding (unit 0), the blocks
 // (units 1..L), the head (final norm + lm_head + loss, unit L+1) — whose parameters the
@@ -18,7 +23,8 @@
 // bind_grads(unit, buffers) give a unit views of storage someone owns, made from the
 // layout. With ParamStorage::dense the model allocates every unit's parameters itself and
 // binds them once (inference, single-process training); with ParamStorage::external it
-// allocates nothing and a parameter store binds units as it sees fit. Gradients come from
+// allocates none of them (only the RoPE table) and a parameter store binds units as it sees
+// fit. Gradients come from
 // allocate_grads(): one flat f32 buffer per bucket of consecutive units (in backward
 // order), so a data-parallel reduction is one in-place collective per bucket.
 //
@@ -67,6 +73,8 @@ struct BlockActivations {
   Tensor x_in;              // (N, C) block input (the previous block's output)
   Tensor ln1, ln1_rstd;     // (N, C), (N)
   Tensor q, k, v;           // (B, T, Hq, D), (B, T, Hkv, D) x2; q and k after RoPE
+  Tensor q_pre, k_pre;      // Qwen3 only: (B, T, Hq, D), (B, T, Hkv, D) projections before q_norm / k_norm
+  Tensor q_rstd, k_rstd;    // Qwen3 only: (B*T*Hq), (B*T*Hkv) their norms' 1/rms
   Tensor att, att_lse;      // (B, T, Hq, D), (B, Hq, T)
   Tensor res1;              // (N, C) x_in + o_proj(att)
   Tensor ln2, ln2_rstd;     // (N, C), (N)
@@ -96,9 +104,10 @@ class UnitHooks {
 
 class LlamaBlock {
  public:
-  // `layout` is this block's unit of the model layout; projections come from `factory`.
+  // `layout` is this block's unit of the model layout; projections come from `factory`;
+  // rope_inv_freq (D/2) is the model's RoPE frequency table.
   LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const UnitLayout& layout, const LinearFactory& factory,
-             int index);
+             int index, Tensor rope_inv_freq);
   // Views of the unit's rows (params) and of their gradients (grads; empty or undefined
   // where frozen).
   void bind(std::span<const Tensor> params, std::span<const Tensor> grads);
@@ -125,7 +134,10 @@ class LlamaBlock {
   const UnitLayout& layout_;
   int index_;
   int ln1_row_, ln2_row_;
+  int qn_row_ = -1, kn_row_ = -1;  // Qwen3's q_norm / k_norm (-1: none)
   Tensor ln1_w_, ln2_w_, dln1_w_, dln2_w_;
+  Tensor qn_w_, kn_w_, dqn_w_, dkn_w_;
+  Tensor rope_inv_freq_;
   std::array<std::unique_ptr<Linear>, kNumProj> proj_;
   bool trains_ = false;
 };
@@ -199,6 +211,8 @@ class LlamaModel {
   LossResult forward_loss(const Tensor& tokens, const Tensor& targets, UnitHooks* hooks = nullptr);
   // Logits for every position: (B*T, V), category activations.
   Tensor forward_logits(const Tensor& tokens);
+  // RoPE's frequency table (D/2) f32 (rope.h), category weights.
+  const Tensor& rope_inv_freq() const { return rope_inv_freq_; }
 
   // Incremental decoding.
   KVCache make_kv_cache(int64_t batch, int64_t capacity);
@@ -215,6 +229,7 @@ class LlamaModel {
   Allocator& alloc_;
   ModelOptions opts_;
   ModelLayout layout_;
+  Tensor rope_inv_freq_;
   LinearFactory factory_;
   std::vector<std::unique_ptr<LlamaBlock>> blocks_;
   std::vector<std::vector<Tensor>> params_, grads_;  // per unit, per row (bound views)

@@ -100,9 +100,9 @@ std::vector<Tensor> row_views(const UnitLayout& layout, const UnitBuffers& buffe
 
 std::vector<ProjSpec> block_proj_specs(const LlamaConfig& cfg) {
   const int64_t C = cfg.hidden_size, H = cfg.intermediate_size;
-  const int64_t qd = cfg.num_attention_heads * cfg.head_dim(), kvd = cfg.kv_dim();
-  const bool b = cfg.attention_bias;
-  return {{"q", 0, qd, C, b},   {"k", 1, kvd, C, b},   {"v", 2, kvd, C, b},  {"o", 3, C, qd, false},
+  const int64_t qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  const bool b = cfg.qkv_bias(), ob = cfg.o_bias();
+  return {{"q", 0, qd, C, b},       {"k", 1, kvd, C, b},     {"v", 2, kvd, C, b},    {"o", 3, C, qd, ob},
           {"gate", 4, H, C, false}, {"up", 5, H, C, false}, {"down", 6, C, H, false}};
 }
 
@@ -121,6 +121,10 @@ ModelLayout model_param_layout(const LlamaConfig& cfg, const ModelOptions& opts)
     UnitLayoutBuilder b("layers." + std::to_string(l), opts);
     b.add(ParamGroupKind::base_f32, prefix + "input_layernorm.weight", {C});
     b.add(ParamGroupKind::base_f32, prefix + "post_attention_layernorm.weight", {C});
+    if (cfg.qk_norm()) {
+      b.add(ParamGroupKind::base_f32, prefix + "self_attn.q_norm.weight", {cfg.head_dim()});
+      b.add(ParamGroupKind::base_f32, prefix + "self_attn.k_norm.weight", {cfg.head_dim()});
+    }
     for (const ProjSpec& p : projs) factory.declare(p, prefix, b);
     m.units.push_back(b.finish());
   }

@@ -13,12 +13,14 @@
 //     and the estimator's closed form (bytes per group) read it.
 // Groups: one per (dtype, role) so that a group is one homogeneous flat buffer:
 //   base      the projection matrices, in model.dtype (f32, or bf16/f16 while frozen)
-//   base_f32  everything else of the base model — norms, q/k/v biases, embedding, lm_head
+//   base_f32  everything else of the base model — norms (also Qwen3's per-head q_norm and
+//             k_norm), attention biases, embedding, lm_head
 //   adapters  LoRA A and B of the unit's targets (f32, always trainable)
 // Within a unit, groups appear in that order (only those with rows), and rows in the
 // order the model has always used: a block's projections q, k, v, o, gate, up, down; its
-// vectors input_layernorm, post_attention_layernorm, then the q/k/v biases; each
-// adapter's A then B in projection order.
+// vectors input_layernorm, post_attention_layernorm, q_norm and k_norm (Qwen3), then the
+// attention biases (q, k, v; o where the family has one); each adapter's A then B in
+// projection order.
 // Extension points (later issues): a tensor-parallel rank's local slice of each row, and
 // quantized storage (NF4 codes and absmax tables as groups of their own).
 #pragma once
