@@ -195,5 +195,24 @@ TEST_F(Lora, DropoutOfARowDependsOnItsGlobalIndexOnly) {
   EXPECT_NE(half(1, 0).sum, half(1, T).sum);
 }
 
+// Dropout is a training-time draw: evaluation (forward_loss) computes the plain function,
+// the same value whatever the dropout probability.
+TEST_F(Lora, EvaluationDoesNotDropOut) {
+  auto a = Allocator::create(Device::cpu());
+  auto plain = LlamaModel::load(dir_, *a, lora_options(DType::f32, 0.0));
+  auto dropped = LlamaModel::load(dir_, *a, lora_options(DType::f32, 0.5));
+  for (auto* m : {plain.get(), dropped.get()}) {
+    m->allocate_grads();
+    for (const ParamRef& p : m->trainable_parameters()) p.value.data<float>()[0] = 0.5f;  // B != 0
+  }
+  EXPECT_EQ(loss(*plain, *a), loss(*dropped, *a));
+  // while training does drop
+  const double train_plain = plain->forward_backward(make_token_tensor(*a, tokens_, B, T),
+                                                     make_token_tensor(*a, targets_, B, T), 1.0f, {3, 0}).sum;
+  const double train_dropped = dropped->forward_backward(make_token_tensor(*a, tokens_, B, T),
+                                                         make_token_tensor(*a, targets_, B, T), 1.0f, {3, 0}).sum;
+  EXPECT_NE(train_plain, train_dropped);
+}
+
 }  // namespace
 }  // namespace lmtune

@@ -34,9 +34,12 @@ struct ParamRef {
 };
 
 // What random draws of one layer depend on, for one micro-batch.
+// Training draws dropout masks; evaluation and generation compute the plain function.
+enum class Phase { eval, train };
 struct LinearContext {
   uint64_t seed = 0;       // the layer's seed for this micro-batch
   int64_t row_offset = 0;  // global index of the first input row (token) of this rank's batch
+  Phase phase = Phase::eval;
 };
 
 class Linear {

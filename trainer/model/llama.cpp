@@ -54,8 +54,8 @@ void LlamaBlock::bind(std::span<const Tensor> params, std::span<const Tensor> gr
   for (auto& p : proj_) p->bind(params, grads);
 }
 
-LinearContext LlamaBlock::proj_context(const MicroBatchContext& ctx, int p) const {
-  return {ctx.seed * 1000003ull + static_cast<uint64_t>(index_) * 16 + static_cast<uint64_t>(p), ctx.row_offset};
+LinearContext LlamaBlock::proj_context(const MicroBatchContext& ctx, int p, Phase phase) const {
+  return {ctx.seed * 1000003ull + static_cast<uint64_t>(index_) * 16 + static_cast<uint64_t>(p), ctx.row_offset, phase};
 }
 
 void LlamaBlock::merge_adapters() {
@@ -69,6 +69,7 @@ Tensor LlamaBlock::forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, 
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const bool qk_norm = qn_row_ >= 0;
   LMTUNE_ASSERT(cache != nullptr || pos0 == 0, "a forward at pos0 > 0 needs a KV cache");
+  const Phase phase = save != nullptr ? Phase::train : Phase::eval;  // a training forward saves for backward
 
   Tensor ln1 = act(alloc_, {N, C}), ln1_rstd = act(alloc_, {N});
   ops::rmsnorm_forward(ln1, ln1_rstd, x, ln1_w_, eps);
@@ -82,9 +83,9 @@ Tensor LlamaBlock::forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, 
   }
   Tensor q2 = (qk_norm ? q_pre : q).reshape({N, Hq * D}), k2 = (qk_norm ? k_pre : k).reshape({N, Hkv * D});
   Tensor v2 = v.reshape({N, Hkv * D});
-  proj(kQ).forward(q2, ln1, proj_context(ctx, kQ));
-  proj(kK).forward(k2, ln1, proj_context(ctx, kK));
-  proj(kV).forward(v2, ln1, proj_context(ctx, kV));
+  proj(kQ).forward(q2, ln1, proj_context(ctx, kQ, phase));
+  proj(kK).forward(k2, ln1, proj_context(ctx, kK, phase));
+  proj(kV).forward(v2, ln1, proj_context(ctx, kV, phase));
   q2 = k2 = v2 = Tensor();
   if (qk_norm) {
     q_rstd = act(alloc_, {N * Hq});
@@ -118,21 +119,21 @@ Tensor LlamaBlock::forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, 
   values = Tensor();
 
   Tensor res1 = act(alloc_, {N, C});
-  proj(kO).forward(res1, att.reshape({N, Hq * D}), proj_context(ctx, kO));
+  proj(kO).forward(res1, att.reshape({N, Hq * D}), proj_context(ctx, kO, phase));
   ops::add_inplace(res1, x);
 
   Tensor ln2 = act(alloc_, {N, C}), ln2_rstd = act(alloc_, {N});
   ops::rmsnorm_forward(ln2, ln2_rstd, res1, ln2_w_, eps);
   Tensor gate = act(alloc_, {N, H}), up = act(alloc_, {N, H});
-  proj(kGate).forward(gate, ln2, proj_context(ctx, kGate));
-  proj(kUp).forward(up, ln2, proj_context(ctx, kUp));
+  proj(kGate).forward(gate, ln2, proj_context(ctx, kGate, phase));
+  proj(kUp).forward(up, ln2, proj_context(ctx, kUp, phase));
   Tensor a = act(alloc_, {N, H});
   ops::swiglu_forward(a, gate, up);
   if (save == nullptr) {  // inference: release what no one needs before the last matmul
     gate = up = ln2 = ln2_rstd = Tensor();
   }
   Tensor out = act(alloc_, {N, C});
-  proj(kDown).forward(out, a, proj_context(ctx, kDown));
+  proj(kDown).forward(out, a, proj_context(ctx, kDown, phase));
   ops::add_inplace(out, res1);
 
   if (save != nullptr) {
@@ -168,15 +169,15 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
   // MLP branch: out = res1 + down(silu(gate(ln2)) * up(ln2)),  ln2 = rmsnorm(res1)
   {
     Tensor da = act(alloc_, {N, H});
-    proj(kDown).backward(&da, dx, s.act, proj_context(s.ctx, kDown), GradWrite::assign);
+    proj(kDown).backward(&da, dx, s.act, proj_context(s.ctx, kDown, Phase::train), GradWrite::assign);
     s.act = Tensor();
     Tensor dgate = act(alloc_, {N, H}), dup = act(alloc_, {N, H});
     ops::swiglu_backward(dgate, dup, da, s.gate, s.up);
     da = s.gate = s.up = Tensor();
     Tensor dln2 = act(alloc_, {N, C});
-    proj(kGate).backward(&dln2, dgate, s.ln2, proj_context(s.ctx, kGate), GradWrite::assign);
+    proj(kGate).backward(&dln2, dgate, s.ln2, proj_context(s.ctx, kGate, Phase::train), GradWrite::assign);
     dgate = Tensor();
-    proj(kUp).backward(&dln2, dup, s.ln2, proj_context(s.ctx, kUp), GradWrite::accumulate);
+    proj(kUp).backward(&dln2, dup, s.ln2, proj_context(s.ctx, kUp, Phase::train), GradWrite::accumulate);
     dup = s.ln2 = Tensor();
     // dx becomes d loss / d res1: the residual path plus the norm's contribution.
     ops::rmsnorm_backward(dx, dln2_w_.defined() ? &dln2_w_ : nullptr, dln2, s.res1, ln2_w_, s.ln2_rstd, GradWrite::accumulate);
@@ -187,7 +188,7 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
   {
     Tensor datt = act(alloc_, {B, T, Hq, D});
     Tensor datt2 = datt.reshape({N, Hq * D});
-    proj(kO).backward(&datt2, dx, s.att.reshape({N, Hq * D}), proj_context(s.ctx, kO), GradWrite::assign);
+    proj(kO).backward(&datt2, dx, s.att.reshape({N, Hq * D}), proj_context(s.ctx, kO, Phase::train), GradWrite::assign);
     Tensor dq = act(alloc_, {B, T, Hq, D}), dk = act(alloc_, {B, T, Hkv, D}), dv = act(alloc_, {B, T, Hkv, D});
     ops::attention_backward(dq, dk, dv, datt, s.q, s.k, s.v, s.att, s.att_lse);
     datt = datt2 = s.att = s.att_lse = s.q = s.k = s.v = Tensor();
@@ -206,11 +207,11 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
       s.k_pre = s.k_rstd = Tensor();
     }
     Tensor dln1 = act(alloc_, {N, C});
-    proj(kQ).backward(&dln1, dq.reshape({N, Hq * D}), s.ln1, proj_context(s.ctx, kQ), GradWrite::assign);
+    proj(kQ).backward(&dln1, dq.reshape({N, Hq * D}), s.ln1, proj_context(s.ctx, kQ, Phase::train), GradWrite::assign);
     dq = Tensor();
-    proj(kK).backward(&dln1, dk.reshape({N, Hkv * D}), s.ln1, proj_context(s.ctx, kK), GradWrite::accumulate);
+    proj(kK).backward(&dln1, dk.reshape({N, Hkv * D}), s.ln1, proj_context(s.ctx, kK, Phase::train), GradWrite::accumulate);
     dk = Tensor();
-    proj(kV).backward(&dln1, dv.reshape({N, Hkv * D}), s.ln1, proj_context(s.ctx, kV), GradWrite::accumulate);
+    proj(kV).backward(&dln1, dv.reshape({N, Hkv * D}), s.ln1, proj_context(s.ctx, kV, Phase::train), GradWrite::accumulate);
     dv = s.ln1 = Tensor();
     ops::rmsnorm_backward(dx, dln1_w_.defined() ? &dln1_w_ : nullptr, dln1, s.x_in, ln1_w_, s.ln1_rstd, GradWrite::accumulate);
   }

@@ -127,7 +127,7 @@ class LlamaBlock {
 
  private:
   Linear& proj(Proj p) { return *proj_[p]; }
-  LinearContext proj_context(const MicroBatchContext& ctx, int p) const;
+  LinearContext proj_context(const MicroBatchContext& ctx, int p, Phase phase) const;
 
   const LlamaConfig cfg_;
   Allocator& alloc_;

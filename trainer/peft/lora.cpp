@@ -55,7 +55,7 @@ void LoraLinear::bind(std::span<const Tensor> params, std::span<const Tensor> gr
 }
 
 Tensor LoraLinear::dropped_input(const Tensor& inp, const LinearContext& ctx) const {
-  if (dropout_ <= 0.0f) return inp;
+  if (dropout_ <= 0.0f || ctx.phase == Phase::eval) return inp;
   Tensor x = Tensor::empty(inp.allocator(), inp.shape(), DType::f32, MemCategory::activations);
   ops::dropout_forward(x, inp, dropout_, ctx.seed, ctx.row_offset * inp.size(-1));
   return x;
@@ -91,7 +91,7 @@ void LoraLinear::backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, c
     return;
   }
   // base_->backward already wrote (or added to) dinp, so the adapter path always adds
-  if (dropout_ <= 0.0f) {
+  if (dropout_ <= 0.0f || ctx.phase == Phase::eval) {
     ops::linear_backward(dinp, da_.defined() ? &da_ : nullptr, nullptr, dh, x, a_, GradWrite::accumulate);
   } else {
     Tensor dx = Tensor::empty(inp.allocator(), inp.shape(), DType::f32, MemCategory::activations);
