@@ -1,6 +1,6 @@
 // `lmtune`: one binary, one verb per job. Library code throws lmtune::Error; this file is
 // the only place that catches it and turns it into a message and an exit code
-// (0 ok, 1 error, 2 usage error).
+// (0 ok, 1 error, 2 usage error, 128 + N when `train` stopped on signal N after saving).
 #include <sys/resource.h>
 
 #include <cstdio>
@@ -19,6 +19,7 @@
 #include "trainer/io/llama2c.h"
 #include "trainer/loop/export.h"
 #include "trainer/loop/inference.h"
+#include "trainer/loop/stop_signal.h"
 #include "trainer/loop/train_config.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/model/llama.h"
@@ -134,18 +135,28 @@ TrainConfig train_config_from(const Args& args) {
   return load_train_config(pos[0], std::vector<std::string>(pos.begin() + 1, pos.end()));
 }
 
-void run_train(const Args& args, Allocator& alloc, Output out) {
+// Returns the exit code: 0, or 128 + N when signal N stopped the run (after a checkpoint).
+int run_train(const Args& args, Allocator& alloc, Output out) {
   TrainConfig cfg = train_config_from(args);
   if (args.get("threads")) cfg.train.threads = args.get_int("threads", 0);
-  if (out == Output::silent) return;  // the prediction is made by predict_train_step_memory
+  if (out == Output::silent) return 0;  // the prediction is made by predict_train_step_memory
   const Progress progress = args.flag("quiet") ? Progress::quiet : Progress::auto_detect;
+  const StopSignalScope stop_signals;  // SIGINT, SIGTERM, SIGUSR1: finish the step, save, stop
   const TrainSummary s = train(cfg, alloc, progress, std::cerr);
+  if (s.stop_signal != 0) {  // said even under --quiet: the run did not finish
+    std::cerr << "lmtune: stopped by " << signal_name(s.stop_signal);
+    if (s.last_checkpoint.empty()) std::cerr << " before this run's first step (at step " << s.steps << "); nothing new to save";
+    else std::cerr << " after step " << s.steps << "; saved " << s.last_checkpoint.string();
+    std::cerr << ". Continue with train.resume_from=auto\n";
+    return 128 + s.stop_signal;
+  }
   if (progress != Progress::quiet) {
     std::cerr << "done: " << s.steps << " steps, last loss " << s.last_loss;
     if (s.validation_loss) std::cerr << ", validation loss " << *s.validation_loss;
     std::cerr << "\nrun directory: " << s.run_dir.string() << "\nlast checkpoint: " << s.last_checkpoint.string()
               << "\n";
   }
+  return 0;
 }
 
 // ---- export ----------------------------------------------------------------------------
@@ -153,6 +164,7 @@ const std::vector<OptionSpec> kExportOptions = with_common({
     {"format", true, "hf (merged weights), peft (adapter) or gguf (required)"},
     {"out", true, "output directory (hf, peft) or file (gguf) (required)"},
     {"dtype", true, "f32 | f16 | bf16 for hf and peft; f32 | f16 | bf16 | q8_0 for gguf (default f32)"},
+    {"overwrite", false, "replace an earlier export of the same format at --out (nothing else is ever replaced)"},
 });
 
 void run_export(const Args& args, Allocator& alloc, Output out) {
@@ -163,7 +175,8 @@ void run_export(const Args& args, Allocator& alloc, Output out) {
   LMTUNE_CHECK(dest.has_value(), "'lmtune export' needs --out PATH");
   const ExportFormat f = parse_export_format(*format);
   if (out == Output::silent) return;
-  export_run(args.positional()[0], f, *dest, args.get_string("dtype", "f32"), alloc);
+  export_run(args.positional()[0], f, *dest, args.get_string("dtype", "f32"), alloc,
+             args.flag("overwrite") ? Overwrite::yes : Overwrite::no);
   std::cout << "exported " << *format << " to " << *dest << "\n";
 }
 
@@ -203,19 +216,26 @@ struct Verb {
   std::string name;
   std::string usage;
   const std::vector<OptionSpec>* options;
-  std::function<void(const Args&, Allocator&, Output)> run;
+  std::function<int(const Args&, Allocator&, Output)> run;  // returns the exit code
 };
+
+// A verb that exits 0 whenever it returns.
+template <void (*F)(const Args&, Allocator&, Output)>
+int exits_0(const Args& a, Allocator& alloc, Output out) {
+  F(a, alloc, out);
+  return 0;
+}
 
 const std::vector<Verb>& verbs() {
   static const std::vector<Verb> v = {
-      {"import", "lmtune import llama2c MODEL.bin TOKENIZER.bin OUT_DIR", &kImportOptions, run_import},
+      {"import", "lmtune import llama2c MODEL.bin TOKENIZER.bin OUT_DIR", &kImportOptions, exits_0<run_import>},
       {"generate", "lmtune generate MODEL_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]",
-       &kGenerateOptions, run_generate},
+       &kGenerateOptions, exits_0<run_generate>},
       {"perplexity", "lmtune perplexity MODEL_DIR --text-file FILE [--seq-len T]", &kPerplexityOptions,
-       run_perplexity},
+       exits_0<run_perplexity>},
       {"train", "lmtune train CONFIG.yaml [key.sub=value ...]", &kTrainOptions, run_train},
-      {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0]", &kExportOptions,
-       run_export},
+      {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0] [--overwrite]",
+       &kExportOptions, exits_0<run_export>},
   };
   return v;
 }
@@ -275,11 +295,11 @@ int run(int argc, char** argv) {
     }
   }
   auto alloc = Allocator::create(Device::cpu());
-  verb->run(args, *alloc, Output::print);
+  const int code = verb->run(args, *alloc, Output::print);
   if (args.flag("memory-report"))
     print_memory_report(alloc->stats(), predicted, alloc->device(),
                         training ? "one training step" : "the same command");
-  return 0;
+  return code;
 }
 
 }  // namespace

@@ -30,8 +30,8 @@ echo "== fine-tuning (LoRA, all linear layers, rank 8)"
 $lm train configs/demo_lora.yaml
 
 echo "== export"
-$lm export $run --format hf --out $run/export-hf
-$lm export $run --format gguf --out $run/model-f16.gguf --dtype f16
+$lm export $run --format hf --out $run/export-hf --overwrite
+$lm export $run --format gguf --out $run/model-f16.gguf --dtype f16 --overwrite
 
 echo "== after fine-tuning"
 after=$($lm perplexity $run/export-hf --text-file "$val")

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -89,6 +90,20 @@ void write_random_model(const fs::path& dir, const LlamaConfig& cfg, uint64_t se
   Tokenizer::from_llama2c(stories15m_llama2c_dir() / "tokenizer.bin").save_hf_json(dir / "tokenizer.json");
 }
 
+fs::path write_tiny_train_model(const fs::path& dir, uint64_t seed) {
+  LlamaConfig cfg;
+  cfg.hidden_size = 32;
+  cfg.intermediate_size = 64;
+  cfg.num_hidden_layers = 2;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 2;
+  cfg.vocab_size = 32000;
+  cfg.max_position_embeddings = 64;
+  cfg.tie_word_embeddings = true;
+  write_random_model(dir, cfg, seed);
+  return dir;
+}
+
 RunResult run_command(const std::string& cmd) {
   const fs::path d = temp_dir("lmtune-run");
   const std::string full = cmd + " >" + (d / "out").string() + " 2>" + (d / "err").string();
@@ -101,5 +116,33 @@ RunResult run_command(const std::string& cmd) {
 }
 
 RunResult run_lmtune(const std::string& args) { return run_command(std::string(LMTUNE_BINARY) + " " + args); }
+
+Background start_lmtune(const std::string& args) {
+  Background b;
+  const fs::path d = temp_dir("lmtune-bg");
+  b.out = d / "out";
+  b.err = d / "err";
+  const std::string cmd =
+      "exec " + std::string(LMTUNE_BINARY) + " " + args + " >" + b.out.string() + " 2>" + b.err.string();
+  const pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  b.pid = pid;
+  return b;
+}
+
+RunResult wait_lmtune(const Background& b) {
+  int status = 0;
+  while (waitpid(b.pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  RunResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  r.out = slurp(b.out);
+  r.err = slurp(b.err);
+  return r;
+}
 
 }  // namespace lmtune::testing

@@ -24,6 +24,10 @@ std::filesystem::path temp_dir(const std::string& prefix);
 void write_random_model(const std::filesystem::path& dir, const LlamaConfig& cfg, uint64_t seed,
                         const std::string& skip = "", const std::string& halve = "");
 
+// A 2-layer, width-32 model (4 query heads, 2 KV heads of 8, MLP 64, context 64) with
+// random weights (seed) and stories15M's tokenizer: fast enough to train in a test.
+std::filesystem::path write_tiny_train_model(const std::filesystem::path& dir, uint64_t seed = 11);
+
 struct RunResult {
   int exit_code;
   std::string out;  // stdout
@@ -33,5 +37,15 @@ struct RunResult {
 RunResult run_lmtune(const std::string& args);
 // Runs any shell command line.
 RunResult run_command(const std::string& cmd);
+
+// `LMTUNE_BINARY args...` started in the background (through the shell, which execs it, so
+// pid is lmtune's own), its stdout and stderr going to files.
+struct Background {
+  int pid = -1;
+  std::filesystem::path out, err;
+};
+Background start_lmtune(const std::string& args);
+// Waits for it; exit_code is 128 + N when signal N ended it, as a shell reports it.
+RunResult wait_lmtune(const Background& b);
 
 }  // namespace lmtune::testing

@@ -127,6 +127,15 @@ TEST(Allocator, OutOfMemoryNamesTheNumbersAndCategory) {
     EXPECT_NE(m.find("free 24.00 MiB"), std::string::npos) << m;
     EXPECT_NE(m.find("reserved 40.00 MiB"), std::string::npos) << m;
     EXPECT_NE(m.find("allocated 40.00 MiB"), std::string::npos) << m;
+    EXPECT_NE(m.find("To fit: free memory on the device, or use a smaller model."), std::string::npos) << m;
+  }
+  // the command that uses the allocator says which of its knobs lower memory
+  a->set_oom_advice("use a shorter --seq-len");
+  try {
+    a->allocate(30 << 20, MemCategory::activations);
+    FAIL() << "expected out of memory";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("To fit: use a shorter --seq-len."), std::string::npos) << e.what();
   }
   a->free(b);
   // after freeing, the cached segment is released to make room

@@ -180,8 +180,23 @@ TEST(PackedDataset, WithoutPackingEachExampleIsTruncatedOrPadded) {
   EXPECT_EQ(std::vector<int32_t>(ds.targets(0).begin(), ds.targets(0).end()), (std::vector<int32_t>{10, 11, 12, 13}));
   EXPECT_EQ(std::vector<int32_t>(ds.inputs(1).begin(), ds.inputs(1).end()), (std::vector<int32_t>{1, 20, 2, 99}));
   EXPECT_EQ(std::vector<int32_t>(ds.targets(1).begin(), ds.targets(1).end()), (std::vector<int32_t>{20, 2, -1, -1}));
+  EXPECT_EQ(ds.stats().truncated_examples, 1);  // the first: 7 tokens, rows hold 5
   EXPECT_EQ(ds.stats().truncated_tokens, 2);
   EXPECT_EQ(ds.stats().dropped_rows, 1);
+}
+
+TEST(PackedDataset, ContentHashSeesEveryToken) {
+  const std::vector<Example> ex = {make_example({1, 10, 11, 12, 13, 14, 2}, {0, 1, 1, 1, 1, 1, 1}),
+                                   make_example({1, 20, 2}, {0, 1, 1})};
+  const auto a = PackedDataset::build(ex, 4, Packing::on, Shuffle::off, 99);
+  EXPECT_EQ(a.content_hash(), PackedDataset::build(ex, 4, Packing::on, Shuffle::on, 99).content_hash());
+  std::vector<Example> other = ex;
+  other[1].tokens[1] = 21;  // one token
+  EXPECT_NE(a.content_hash(), PackedDataset::build(other, 4, Packing::on, Shuffle::off, 99).content_hash());
+  other = ex;
+  other[1].train_mask[1] = 0;  // one target
+  EXPECT_NE(a.content_hash(), PackedDataset::build(other, 4, Packing::on, Shuffle::off, 99).content_hash());
+  EXPECT_NE(a.content_hash(), PackedDataset::build(ex, 5, Packing::on, Shuffle::off, 99).content_hash());
 }
 
 // ---- documents and masks with the real tokenizer ----

@@ -128,8 +128,7 @@ Block Allocator::allocate(size_t bytes, MemCategory category) {
                          capacity_ == kUnlimited ? std::string("unlimited") : format_bytes(capacity_), ", free ",
                          free_bytes < 0 ? std::string("unknown") : format_bytes(free_bytes), ", reserved ",
                          format_bytes(stats_.reserved.current), ", allocated ", format_bytes(stats_.allocated.current),
-                         "). Reduce the micro-batch size or sequence length, enable activation recompute, "
-                         "or use a plan that shards more (see `lmtune plan`)."));
+                         "). To fit: ", oom_advice_, "."));
     }
     it = pool.lower_bound({rounded, 0});
     LMTUNE_ASSERT(it != pool.end());
@@ -221,6 +220,11 @@ void Allocator::reset_peaks() {
 void Allocator::set_phase(std::string phase) {
   std::lock_guard<std::mutex> lock(mu_);
   phase_ = std::move(phase);
+}
+
+void Allocator::set_oom_advice(std::string advice) {
+  std::lock_guard<std::mutex> lock(mu_);
+  oom_advice_ = std::move(advice);
 }
 
 void Allocator::enable_timeline(bool on) {

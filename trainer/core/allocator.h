@@ -120,6 +120,11 @@ class Allocator {
   void reset_peaks();  // peaks := current values
   // A label for "where in the step we are" (e.g. "forward layer 3"); recorded at the peak.
   void set_phase(std::string phase);
+  // What an out-of-memory error tells the user to do, after its numbers. The allocator does
+  // not know which knobs the command that uses it has; that command says (the trainer names
+  // its config keys). Default: kDefaultOomAdvice.
+  void set_oom_advice(std::string advice);
+  static constexpr const char* kDefaultOomAdvice = "free memory on the device, or use a smaller model";
   void enable_timeline(bool on);
   std::vector<TimelineEvent> timeline() const;
 
@@ -158,6 +163,7 @@ class Allocator {
   std::map<uintptr_t, Segment> segments_;
   MemoryStats stats_;
   std::string phase_;
+  std::string oom_advice_ = kDefaultOomAdvice;
   bool timeline_on_ = false;
   std::vector<TimelineEvent> timeline_;
 };

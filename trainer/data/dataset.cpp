@@ -33,7 +33,8 @@
 //                 token of the stream but the first is a target exactly once; the last row
 //                 is padded. Attention is not masked at document boundaries (as in GPT
 //                 pre-training); BOS/EOS mark them.
-//   Packing::off  one row per example, truncated to T + 1 tokens (counted in stats) or padded.
+//   Packing::off  one row per example, truncated to T + 1 tokens (counted in stats: examples
+//                 and tokens) or padded.
 // Rows with no trained target at all are dropped (counted in stats).
 //
 // Order. Rows stay in build order in the dataset. The loader visits them, epoch by epoch, in
@@ -484,11 +485,25 @@ PackedDataset PackedDataset::build(const std::vector<Example>& examples, int64_t
   } else {
     for (const Example& ex : examples) {
       const int64_t n = static_cast<int64_t>(ex.tokens.size());
-      ds.stats_.truncated_tokens += std::max<int64_t>(0, n - (T + 1));
+      if (n > T + 1) {
+        ++ds.stats_.truncated_examples;
+        ds.stats_.truncated_tokens += n - (T + 1);
+      }
       add_row(ex.tokens.data(), ex.train_mask.data(), std::min(T + 1, n));
     }
   }
   return ds;
+}
+
+uint64_t PackedDataset::content_hash() const {
+  // FNV-1a over 32-bit words, with a final avalanche: fast, and any change of a token,
+  // a target or the row count changes it (up to 2^-64 collisions).
+  uint64_t h = 0xcbf29ce484222325ull ^ static_cast<uint64_t>(seq_len_);
+  for (const std::vector<int32_t>* v : {&inputs_, &targets_})
+    for (int32_t x : *v) h = (h ^ static_cast<uint32_t>(x)) * 0x100000001b3ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  return h ^ (h >> 33);
 }
 
 std::span<const int32_t> PackedDataset::inputs(int64_t row) const {

@@ -113,8 +113,10 @@ class PackedDataset {
     int64_t examples = 0;          // examples it was built from
     int64_t tokens = 0;            // their tokens, masked or not
     int64_t targets = 0;           // targets that are not -1, over all rows kept
-    int64_t truncated_tokens = 0;  // tokens cut off by Packing::off
-    int64_t dropped_rows = 0;      // rows left out because not one of their targets is trained
+    int64_t truncated_examples = 0;  // examples cut to seq_len + 1 tokens by Packing::off
+    int64_t truncated_tokens = 0;    // tokens cut off by Packing::off
+    int64_t dropped_rows = 0;        // rows left out because not one of their targets is trained
+                                     // (with Packing::off: examples whose trained part was cut off)
   };
 
   PackedDataset() = default;
@@ -131,6 +133,9 @@ class PackedDataset {
   int64_t seq_len() const { return seq_len_; }
   Shuffle shuffle() const { return shuffle_; }
   const Stats& stats() const { return stats_; }
+  // A 64-bit hash of every row's inputs and targets, in order (with num_rows(), what a
+  // checkpoint records to tell that a resume reads the same rows).
+  uint64_t content_hash() const;
   std::span<const int32_t> inputs(int64_t row) const;   // (T,)
   std::span<const int32_t> targets(int64_t row) const;  // (T,), -1 = ignored
 

@@ -1,10 +1,12 @@
 #include "trainer/io/file_util.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -73,12 +75,28 @@ std::string read_file_to_string(const std::filesystem::path& path, std::string_v
 
 namespace {
 std::atomic<uint64_t> g_tmp_counter{0};
+
+std::string errno_text(int e) { return std::strerror(e); }
+}  // namespace
+
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "host";
+  std::string h(buf);
+  for (char& ch : h)
+    if (ch == '/' || ch == ' ') ch = '_';
+  return h;
+}
+
+std::string temporary_tag() {
+  static const std::string host = host_name();
+  return host + "." + std::to_string(::getpid()) + "." + std::to_string(g_tmp_counter.fetch_add(1));
 }
 
 AtomicFileWriter::AtomicFileWriter(std::filesystem::path path) : path_(std::move(path)) {
   tmp_ = path_;
-  tmp_ += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(g_tmp_counter.fetch_add(1));
-  file_ = std::fopen(tmp_.c_str(), "wb");
+  tmp_ += ".tmp." + temporary_tag();
+  file_ = std::fopen(tmp_.c_str(), "wbx");  // x: never onto an existing file
   LMTUNE_CHECK(file_ != nullptr, "cannot create '", tmp_.string(), "' (to write '", path_.string(),
                "'): ", std::strerror(errno));
   std::setvbuf(file_, nullptr, _IOFBF, 1 << 20);
@@ -130,28 +148,111 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
   w.commit();
 }
 
-AtomicDirectory::AtomicDirectory(std::filesystem::path path) : path_(std::move(path)) {
-  const std::filesystem::path parent = path_.parent_path().empty() ? "." : path_.parent_path();
+namespace fs = std::filesystem;
+
+std::string first_foreign_entry(const fs::path& dir, const std::vector<std::string>& names) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    const bool named = std::find(names.begin(), names.end(), n) != names.end();
+    if (!named || !it->is_regular_file(ec) || it->is_symlink(ec)) return n;
+  }
+  LMTUNE_CHECK(!ec, "cannot list '", dir.string(), "': ", ec.message());
+  return {};
+}
+
+void remove_written_directory(const fs::path& dir, const std::vector<std::string>& names, std::string_view what) {
+  const std::string foreign = first_foreign_entry(dir, names);
+  LMTUNE_CHECK(foreign.empty(), what, " '", dir.string(), "' holds '", foreign,
+               "', which lmtune did not write; move it out of there and run again");
+  std::error_code ec;
+  for (const std::string& n : names) {
+    fs::remove(dir / n, ec);
+    LMTUNE_CHECK(!ec, "cannot remove '", (dir / n).string(), "': ", ec.message());
+  }
+  fs::remove(dir, ec);
+  LMTUNE_CHECK(!ec, "cannot remove '", dir.string(), "': ", ec.message());
+}
+
+AtomicDirectory::AtomicDirectory(fs::path path, std::vector<std::string> replaceable, std::string what)
+    : path_(std::move(path)), replaceable_(std::move(replaceable)) {
+  what_ = (what.empty() ? "'" : what + " '") + path_.string() + "'";
+  LMTUNE_ASSERT(!path_.filename().empty() && path_.filename() != "." && path_.filename() != "..",
+                "AtomicDirectory needs a path that names a directory, got '", path_.string(), "'");
+  const fs::path parent = path_.parent_path().empty() ? "." : path_.parent_path();
   std::string name = ".";  // appended piece by piece: GCC 12 warns (falsely) on "." + std::string at -O3
   name += path_.filename().string();
   name += ".tmp.";
-  name += std::to_string(getpid());
+  name += temporary_tag();
   tmp_ = parent / name;
-  std::filesystem::remove_all(tmp_);
-  std::filesystem::create_directories(tmp_);
+  if (::mkdir(tmp_.c_str(), 0777) != 0) {
+    const int e = errno;
+    LMTUNE_THROW("cannot write ", what_, ": cannot create '", tmp_.string(), "': ", errno_text(e));
+  }
 }
 
 AtomicDirectory::~AtomicDirectory() {
   if (committed_) return;
   std::error_code ec;
-  std::filesystem::remove_all(tmp_, ec);
+  fs::remove_all(tmp_, ec);  // made by this object, filled by its owner: nothing else is in there
 }
 
 void AtomicDirectory::commit() {
   LMTUNE_ASSERT(!committed_, "commit() twice");
-  if (std::filesystem::exists(path_)) std::filesystem::remove_all(path_);
-  std::filesystem::rename(tmp_, path_);
+  // Onto a new path: a rename that refuses to replace anything that appeared meanwhile.
+  if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, path_.c_str(), RENAME_NOREPLACE) == 0) {
+    committed_ = true;
+    return;
+  }
+  int e = errno;
+  if (e == EINVAL || e == ENOSYS) {  // a filesystem without renameat2 flags
+    std::error_code ec;
+    if (!fs::exists(path_, ec) && ::rename(tmp_.c_str(), path_.c_str()) == 0) {
+      committed_ = true;
+      return;
+    }
+    e = errno;
+  }
+  if (e != EEXIST && e != ENOTEMPTY && e != EINVAL && e != ENOSYS && e != EISDIR && e != ENOTDIR)
+    LMTUNE_THROW("cannot write ", what_, ": cannot rename '", tmp_.string(), "' onto it: ", errno_text(e));
+
+  // Onto an existing directory: only one that holds what an earlier write of this kind wrote.
+  std::error_code ec;
+  LMTUNE_CHECK(fs::is_directory(fs::symlink_status(path_, ec)), "cannot write ", what_,
+               ": it exists and is not a directory");
+  const std::string foreign = first_foreign_entry(path_, replaceable_);
+  LMTUNE_CHECK(foreign.empty(), "cannot replace ", what_, ": it holds '", foreign,
+               "', which lmtune does not write there; move it away or choose another path");
+  fs::path old = tmp_;  // where the old content ends up
+  if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, path_.c_str(), RENAME_EXCHANGE) != 0) {
+    e = errno;
+    LMTUNE_CHECK(e == EINVAL || e == ENOSYS, "cannot replace ", what_, " with '", tmp_.string(), "': ",
+                 errno_text(e));
+    std::string name = ".";
+    name += path_.filename().string();
+    name += ".old.";
+    name += temporary_tag();
+    old = path_.parent_path() / name;
+    if (::rename(path_.c_str(), old.c_str()) != 0) {
+      e = errno;
+      LMTUNE_THROW("cannot replace ", what_, ": cannot move it aside to '", old.string(), "': ",
+                   errno_text(e));
+    }
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      e = errno;
+      ::rename(old.c_str(), path_.c_str());  // put the old one back
+      LMTUNE_THROW("cannot replace ", what_, ": cannot rename '", tmp_.string(), "' onto it: ",
+                   errno_text(e));
+    }
+  }
   committed_ = true;
+  // The old content: the replaceable files only (checked above), then its directory. A file
+  // that appeared there meanwhile keeps the directory (and itself) where it is.
+  for (const std::string& n : replaceable_) {
+    const fs::path f = old / n;
+    if (fs::is_regular_file(fs::symlink_status(f, ec))) fs::remove(f, ec);
+  }
+  fs::remove(old, ec);
 }
 
 }  // namespace lmtune

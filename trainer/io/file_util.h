@@ -1,7 +1,8 @@
 // Small file helpers shared by the readers and writers in trainer/io and trainer/data:
 // a read-only memory map, whole-file reads with errors that name the file, and atomic
 // writes (a temporary file in the same directory, flushed, fsync'ed and renamed into place,
-// so a reader never sees a half-written file, and a failed write leaves the old file as it was).
+// so a reader never sees a half-written file, and a failed write leaves the old file as it
+// was), and atomic directories that replace only what lmtune wrote.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +11,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace lmtune {
 
@@ -37,7 +39,16 @@ class MappedFile {
 // Reads a whole file into a string; `what` ("config.json", "tokenizer.json") is used in errors.
 std::string read_file_to_string(const std::filesystem::path& path, std::string_view what);
 
-// Streams into `<path>.tmp.<pid>.<n>`; commit() flushes, fsyncs and renames it onto `path`.
+// Whether a write may replace what an earlier lmtune write of the same kind left at its path.
+enum class Overwrite { no, yes };
+
+// The tag every temporary name lmtune makes carries: "<host>.<pid>.<n>" (n counts up in
+// the process), so that processes on different hosts sharing a filesystem never collide.
+std::string temporary_tag();
+// gethostname(), or "host" when it has none.
+std::string host_name();
+
+// Streams into `<path>.tmp.<tag>`; commit() flushes, fsyncs and renames it onto `path`.
 // Destroyed without commit() (an exception on the way), the temporary file is removed.
 class AtomicFileWriter {
  public:
@@ -57,12 +68,24 @@ class AtomicFileWriter {
   std::FILE* file_ = nullptr;
 };
 
-// A directory filled under a hidden temporary sibling name (`.<name>.tmp.<pid>`) and
-// renamed onto `path` by commit(), replacing what was there: a directory that exists at
-// `path` is complete. Destroyed without commit(), the temporary directory is removed.
+// A directory filled under a temporary sibling name and moved onto `path` by commit(), so
+// that a directory at `path` is always complete. It never deletes anything it did not write:
+//  - The staging directory `.<name>.tmp.<tag>` is made new (mkdir, never reused); what is
+//    written there is the caller's to fill.
+//  - commit() onto a path that does not exist is a rename. Onto an existing directory, that
+//    directory must hold nothing but regular files named in `replaceable` (the names an
+//    earlier write of the same kind writes); anything else is an error naming it, raised
+//    before anything moved. The two directories are then swapped with
+//    renameat2(RENAME_EXCHANGE) — where the filesystem lacks it, the old one is first
+//    renamed aside to `.<name>.old.<tag>` — so the new content is in place before any old
+//    byte is removed; then the old content (now at the staging or aside name) is removed
+//    file by file, `replaceable` names only, and its directory last.
+//  - Destroyed without commit(), the staging directory and what was written into it are
+//    removed.
+// `what` names the setting that chose `path` ("--out") in errors.
 class AtomicDirectory {
  public:
-  explicit AtomicDirectory(std::filesystem::path path);
+  AtomicDirectory(std::filesystem::path path, std::vector<std::string> replaceable, std::string what = "");
   ~AtomicDirectory();
   AtomicDirectory(const AtomicDirectory&) = delete;
   AtomicDirectory& operator=(const AtomicDirectory&) = delete;
@@ -72,8 +95,17 @@ class AtomicDirectory {
  private:
   std::filesystem::path path_;
   std::filesystem::path tmp_;
+  std::vector<std::string> replaceable_;
+  std::string what_;  // "'<path>'" or "<what> '<path>'", for errors
   bool committed_ = false;
 };
+
+// The first entry of directory `dir` that is not a regular file named in `names`, or "".
+std::string first_foreign_entry(const std::filesystem::path& dir, const std::vector<std::string>& names);
+// Removes the files named in `names` from `dir`, then `dir` itself. Anything else in it is
+// an error naming it (`what` says what dir is: "checkpoint"), raised before anything is removed.
+void remove_written_directory(const std::filesystem::path& dir, const std::vector<std::string>& names,
+                              std::string_view what);
 
 // write_file_atomic(path, contents): the whole of `contents`, atomically.
 void write_file_atomic(const std::filesystem::path& path, std::string_view contents);

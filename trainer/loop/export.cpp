@@ -1,6 +1,11 @@
 #include "trainer/loop/export.h"
 
-#include <unistd.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -24,6 +29,8 @@ ExportFormat parse_export_format(const std::string& s) {
 }
 
 namespace {
+
+constexpr const char* kExportMarker = "lmtune_export.json";
 
 fs::path resolve_checkpoint(const fs::path& source) {
   LMTUNE_CHECK(fs::is_directory(source), "'", source.string(), "' is not a run or checkpoint directory");
@@ -81,8 +88,20 @@ std::vector<std::pair<std::string, Tensor>> as_dtype(const std::vector<std::pair
   return out;
 }
 
-// On a meta allocator everything up to the file writes runs (the memory prediction).
-void export_hf(const fs::path& ckpt, const fs::path& out, DType dtype, Allocator& alloc) {
+const std::vector<std::string>& hf_file_names() {
+  static const std::vector<std::string> names = {"config.json", "model.safetensors", "tokenizer.json",
+                                                 "tokenizer_config.json", "generation_config.json", kExportMarker};
+  return names;
+}
+
+const std::vector<std::string>& peft_file_names() {
+  static const std::vector<std::string> names = {"adapter_config.json", "adapter_model.safetensors", kExportMarker};
+  return names;
+}
+
+// The merged model's HF files, written into the existing directory `dir`. On a meta
+// allocator everything up to the file writes runs (the memory prediction), and `dir` is unused.
+void write_hf(const fs::path& ckpt, const fs::path& dir, DType dtype, Allocator& alloc) {
   TrainConfig cfg;
   auto model = load_trained(ckpt, alloc, cfg);
   model->merge_adapters();
@@ -91,17 +110,18 @@ void export_hf(const fs::path& ckpt, const fs::path& out, DType dtype, Allocator
     if (!is_adapter_name(p.name)) tensors.emplace_back(p.name, p.value);
   const auto staged = as_dtype(tensors, dtype, alloc);
   if (alloc.device().is_meta()) return;
-  AtomicDirectory dir(out);
   LlamaConfig lc = model->config();
   lc.torch_dtype = torch_dtype_name(dtype);
-  save_llama_config(dir.staging() / "config.json", lc);
-  write_safetensors(dir.staging() / "model.safetensors", staged);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
-    if (fs::exists(cfg.model.path / f)) fs::copy_file(cfg.model.path / f, dir.staging() / f);
-  dir.commit();
+  save_llama_config(dir / "config.json", lc);
+  write_safetensors(dir / "model.safetensors", staged);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
+    std::error_code ec;
+    if (fs::exists(cfg.model.path / f)) fs::copy_file(cfg.model.path / f, dir / f, ec);
+    LMTUNE_CHECK(!ec, "cannot copy '", (cfg.model.path / f).string(), "' to '", (dir / f).string(), "': ", ec.message());
+  }
 }
 
-void export_peft(const fs::path& ckpt, const fs::path& out, DType dtype, Allocator& alloc) {
+void write_peft(const fs::path& ckpt, const fs::path& dir, DType dtype, Allocator& alloc) {
   TrainConfig cfg;
   auto model = load_trained(ckpt, alloc, cfg);
   LMTUNE_CHECK(cfg.method.type == MethodType::lora, "a PEFT adapter needs a LoRA run; '", ckpt.string(),
@@ -130,10 +150,123 @@ void export_peft(const fs::path& ckpt, const fs::path& out, DType dtype, Allocat
                                  {"base_model_name_or_path", cfg.model.path.string()}};
   const auto staged = as_dtype(tensors, dtype, alloc);
   if (alloc.device().is_meta()) return;
-  AtomicDirectory dir(out);
-  write_file_atomic(dir.staging() / "adapter_config.json", config.dump(2) + "\n");
-  write_safetensors(dir.staging() / "adapter_model.safetensors", staged);
+  write_file_atomic(dir / "adapter_config.json", config.dump(2) + "\n");
+  write_safetensors(dir / "adapter_model.safetensors", staged);
+}
+
+// `out` absolute and without a trailing separator or dot segments ("." names the current
+// directory by its own name).
+fs::path normalized(const fs::path& out) {
+  std::error_code ec;
+  fs::path p = fs::absolute(out, ec).lexically_normal();
+  LMTUNE_CHECK(!ec, "--out '", out.string(), "': ", ec.message());
+  if (p.filename().empty()) p = p.parent_path();
+  LMTUNE_CHECK(!p.filename().empty() && p != p.root_path(), "--out '", out.string(), "' cannot be written to");
+  return p;
+}
+
+void create_parent(const fs::path& out) {
+  std::error_code ec;
+  fs::create_directories(out.parent_path(), ec);
+  LMTUNE_CHECK(!ec, "cannot write --out '", out.string(), "': cannot create '", out.parent_path().string(), "': ",
+               ec.message());
+}
+
+const char* format_name(ExportFormat f) { return f == ExportFormat::hf ? "hf" : f == ExportFormat::peft ? "peft" : "gguf"; }
+
+// What an hf / peft export may do to the directory `out` (see export.h).
+void check_export_dir(const fs::path& out, ExportFormat format, Overwrite overwrite) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(out, ec);
+  if (!fs::exists(st)) return create_parent(out);
+  LMTUNE_CHECK(fs::is_directory(st), "--out '", out.string(), "' exists and is not a directory; an ", format_name(format),
+               " export is a directory");
+  std::vector<std::string> entries;
+  for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec))
+    entries.push_back(it->path().filename().string());
+  LMTUNE_CHECK(!ec, "cannot read --out '", out.string(), "': ", ec.message());
+  if (entries.empty()) return;
+  std::sort(entries.begin(), entries.end());
+  std::string marker_format;
+  if (fs::is_regular_file(out / kExportMarker, ec)) {
+    const auto j = nlohmann::json::parse(read_file_to_string(out / kExportMarker, kExportMarker), nullptr, false);
+    if (j.is_object() && j.contains("format") && j["format"].is_string()) marker_format = j["format"];
+  }
+  const auto& names = format == ExportFormat::hf ? hf_file_names() : peft_file_names();
+  const std::string foreign = first_foreign_entry(out, names);
+  if (marker_format == format_name(format) && foreign.empty()) {
+    LMTUNE_CHECK(overwrite == Overwrite::yes, "--out '", out.string(), "' holds an earlier ", format_name(format),
+                 " export; pass --overwrite to replace it, or choose another --out");
+    return;
+  }
+  std::string listed;
+  for (size_t i = 0; i < entries.size() && i < 3; ++i) listed += (i ? ", '" : "'") + entries[i] + "'";
+  if (entries.size() > 3) listed += " and " + std::to_string(entries.size() - 3) + " more";
+  LMTUNE_THROW("--out '", out.string(), "' is not empty (", listed, ") and is not an earlier ", format_name(format),
+               " export", marker_format.empty() ? "" : " (it holds a " + marker_format + " export)",
+               "; lmtune does not write into it, with or without --overwrite. Choose a new or empty directory");
+}
+
+// What a GGUF export may do to the file `out`.
+void check_export_file(const fs::path& out, Overwrite overwrite) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(out, ec);
+  if (!fs::exists(st)) return create_parent(out);
+  LMTUNE_CHECK(fs::is_regular_file(st), "--out '", out.string(),
+               "' exists and is not a file; a GGUF export is one file (give its name, such as model.gguf)");
+  LMTUNE_CHECK(overwrite == Overwrite::yes, "--out '", out.string(),
+               "' exists; pass --overwrite to replace it, or choose another --out");
+  char magic[4] = {};
+  std::ifstream f(out, std::ios::binary);
+  f.read(magic, 4);
+  LMTUNE_CHECK(f.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0, "--out '", out.string(),
+               "' is not a GGUF file; --overwrite replaces only a GGUF file, so choose another --out");
+}
+
+// Writes an hf / peft export atomically: staged, then moved onto `out` (replacing only an
+// earlier export's files), with the marker that says what it is.
+void export_dir(const fs::path& ckpt, const fs::path& out, ExportFormat format, DType dtype, Allocator& alloc) {
+  const auto& names = format == ExportFormat::hf ? hf_file_names() : peft_file_names();
+  AtomicDirectory dir(out, names, "--out");
+  if (format == ExportFormat::hf) write_hf(ckpt, dir.staging(), dtype, alloc);
+  else write_peft(ckpt, dir.staging(), dtype, alloc);
+  nlohmann::json files = nlohmann::json::array();
+  for (const std::string& n : names)
+    if (n != kExportMarker && fs::exists(dir.staging() / n)) files.push_back(n);
+  const nlohmann::json marker = {{"format", format_name(format)},
+                                 {"dtype", std::string(dtype_name(dtype))},
+                                 {"checkpoint", ckpt.string()},
+                                 {"files", files}};
+  write_file_atomic(dir.staging() / kExportMarker, marker.dump(2) + "\n");
   dir.commit();
+}
+
+// GGUF goes through a merged HF directory: a fresh one (mkdtemp: it can never be a path of
+// the user's) next to the output, named inside after the output so that general.name is
+// the output's stem; removed, file by file, whatever happens.
+void export_gguf_file(const fs::path& ckpt, const fs::path& out, GgufType type, Allocator& alloc) {
+  std::string templ = (out.parent_path() / ("." + out.filename().string() + ".merged-hf.XXXXXX")).string();
+  LMTUNE_CHECK(::mkdtemp(templ.data()) != nullptr, "cannot write --out '", out.string(), "': cannot create a "
+               "temporary directory next to it: ", std::strerror(errno));
+  const fs::path tmp(templ);
+  std::string stem = out.stem().string();
+  if (stem.empty() || stem[0] == '.') stem = "model";
+  const fs::path hf = tmp / stem;
+  auto cleanup = [&] {
+    std::error_code ec;
+    for (const std::string& n : hf_file_names()) fs::remove(hf / n, ec);
+    fs::remove(hf, ec);
+    fs::remove(tmp, ec);
+  };
+  try {
+    fs::create_directory(hf);
+    write_hf(ckpt, hf, DType::f32, alloc);
+    export_gguf(hf, out, type);
+  } catch (...) {
+    cleanup();
+    throw;
+  }
+  cleanup();
 }
 
 }  // namespace
@@ -144,30 +277,31 @@ MemoryStats predict_export_memory(const fs::path& source, ExportFormat format, c
   return meta->stats();
 }
 
-void export_run(const fs::path& source, ExportFormat format, const fs::path& out, const std::string& dtype,
-                Allocator& alloc) {
+void export_run(const fs::path& source, ExportFormat format, const fs::path& out_arg, const std::string& dtype,
+                Allocator& alloc, Overwrite overwrite) {
   LMTUNE_CHECK(alloc.device().is_cpu() || alloc.device().is_meta(), "export runs on the CPU, not on ",
                alloc.device().str());
   const fs::path ckpt = resolve_checkpoint(source);
-  if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
+  if (alloc.device().is_meta()) {  // the prediction: the same steps up to the writes (GGUF converts file to file)
+    const DType t = format == ExportFormat::gguf ? DType::f32 : parse_float_dtype(dtype);
+    if (format == ExportFormat::gguf) parse_gguf_type(dtype);
+    if (format == ExportFormat::peft) write_peft(ckpt, {}, t, alloc);
+    else write_hf(ckpt, {}, t, alloc);
+    return;
+  }
+  const fs::path out = normalized(out_arg);
   switch (format) {
-    case ExportFormat::hf: export_hf(ckpt, out, parse_float_dtype(dtype), alloc); return;
-    case ExportFormat::peft: export_peft(ckpt, out, parse_float_dtype(dtype), alloc); return;
+    case ExportFormat::hf:
+    case ExportFormat::peft: {
+      const DType t = parse_float_dtype(dtype);
+      check_export_dir(out, format, overwrite);
+      export_dir(ckpt, out, format, t, alloc);
+      return;
+    }
     case ExportFormat::gguf: {
       const GgufType type = parse_gguf_type(dtype);
-      if (alloc.device().is_meta()) {  // the GGUF conversion is file to file, one tensor at a time
-        export_hf(ckpt, out, DType::f32, alloc);
-        return;
-      }
-      const fs::path tmp_hf = out.parent_path() / (".merged-hf.tmp." + std::to_string(getpid()));
-      export_hf(ckpt, tmp_hf, DType::f32, alloc);
-      try {
-        export_gguf(tmp_hf, out, type);
-      } catch (...) {
-        fs::remove_all(tmp_hf);
-        throw;
-      }
-      fs::remove_all(tmp_hf);
+      check_export_file(out, overwrite);
+      export_gguf_file(ckpt, out, type, alloc);
       return;
     }
   }

@@ -4,6 +4,18 @@
 //         tokenizer files copied from the base model)
 //   peft  adapter_config.json + adapter_model.safetensors with PEFT's key names
 //   gguf  GGUF v3 of the merged model (via a merged HF directory), F32 / F16 / Q8_0
+//
+// What an export may do to its --out (it never removes anything it did not write):
+//  - hf / peft write a directory, staged under a temporary sibling name and moved into place
+//    (AtomicDirectory), with lmtune_export.json naming the format, dtype, checkpoint and
+//    files. --out may be new or an empty directory. A directory holding an earlier export of
+//    the same format (its lmtune_export.json, and nothing but that format's files) is
+//    replaced only with Overwrite::yes; the old files are removed only once the new ones are
+//    in place. Any other non-empty directory — a project folder, the run directory, the base
+//    model's directory — is an error naming it, whatever `overwrite` says.
+//  - gguf writes one file through a temporary name and renames it into place. An existing
+//    --out is replaced only with Overwrite::yes and only when it is a GGUF file.
+//  - Errors name --out, the path and the OS reason.
 #pragma once
 
 #include <filesystem>
@@ -11,6 +23,7 @@
 
 #include "trainer/core/allocator.h"
 #include "trainer/core/dtype.h"
+#include "trainer/io/file_util.h"  // Overwrite
 
 namespace lmtune {
 
@@ -22,7 +35,7 @@ ExportFormat parse_export_format(const std::string& s);
 // The model (and any dtype-converted copies of its tensors) are held on `alloc`. On a meta
 // allocator the same steps run up to the file writes, which are skipped.
 void export_run(const std::filesystem::path& source, ExportFormat format, const std::filesystem::path& out,
-                const std::string& dtype, Allocator& alloc);
+                const std::string& dtype, Allocator& alloc, Overwrite overwrite = Overwrite::no);
 // The tracked memory of export_run, predicted by running it on the meta device.
 MemoryStats predict_export_memory(const std::filesystem::path& source, ExportFormat format, const std::string& dtype);
 

@@ -16,7 +16,12 @@
 #include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/io/checkpoint.h"
+#include "trainer/io/run_dir.h"
+#include "trainer/loop/config_checks.h"
+#include "trainer/loop/data_report.h"
 #include "trainer/loop/inference.h"
+#include "trainer/loop/resume_check.h"
+#include "trainer/loop/stop_signal.h"
 #include "trainer/optim/optimizer.h"
 
 namespace lmtune {
@@ -154,21 +159,6 @@ std::string sample_text(LlamaModel& model, const Tokenizer& tok, const TrainConf
   return tok.decode(all);
 }
 
-void prepare_run_dir(const TrainConfig& c, bool resuming) {
-  const fs::path& dir = c.output.dir;
-  if (fs::exists(dir) && !fs::is_directory(dir)) LMTUNE_THROW("output.dir '", dir.string(), "' is a file, not a directory");
-  const bool has_run = fs::exists(dir / "config.yaml") || latest_checkpoint(dir).has_value();
-  if (has_run && !resuming) {
-    LMTUNE_CHECK(c.output.overwrite, "output.dir '", dir.string(),
-                 "' already holds a run; set output.overwrite=true to replace it or train.resume_from=auto to continue it");
-    for (const auto& e : fs::directory_iterator(dir)) {
-      const std::string n = e.path().filename().string();
-      if (n.rfind("checkpoint-", 0) == 0 || n == "metrics.jsonl" || n == "config.yaml") fs::remove_all(e.path());
-    }
-  }
-  fs::create_directories(dir);
-}
-
 // One optimizer step over `micro` (gradient accumulation): returns the mean loss over the
 // step's targets; the gradient norm before clipping goes to *grad_norm_out. A non-finite
 // loss returns before the update.
@@ -250,14 +240,17 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
                " but this is a single process; start ", c.parallel.dp, " ranks with `lmtune launch --nproc-per-node ",
                c.parallel.dp, " -- train ...` or mpirun");
 
-  // Where to start.
+  // The run directory: this process writes it (under multi-process training, rank 0 alone
+  // takes the lock). Where to start is decided under the lock, and everything that can be
+  // checked is checked before anything in the directory changes.
+  RunDirLock run_dir = RunDirLock::acquire(c.output.dir, "output.dir");
   std::optional<fs::path> resume_dir;
   if (c.train.resume_from.mode == ResumeMode::checkpoint) resume_dir = c.train.resume_from.dir;
   if (c.train.resume_from.mode == ResumeMode::latest) resume_dir = latest_checkpoint(c.output.dir);
-  prepare_run_dir(c, resume_dir.has_value());
-  const std::string config_yaml = to_yaml(c);
-  write_file_atomic(c.output.dir / "config.yaml", config_yaml);
-  if (progress != Progress::quiet) log << "resolved config:\n" << config_yaml << std::flush;
+  if (resume_dir) check_resume_config(c, *resume_dir);
+  const fs::path model_config = c.model.path / "config.json";
+  check_config_against_model(c, load_llama_config(model_config), model_config);
+  alloc.set_oom_advice(train_oom_advice(c));
 
   // Data.
   const Tokenizer tok = Tokenizer::from_model_dir(c.model.path);
@@ -265,6 +258,8 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   LMTUNE_CHECK(data.train.num_rows() >= c.train.micro_batch_size, "the training data gives ", data.train.num_rows(),
                " rows of ", c.data.seq_len, " tokens, fewer than one micro-batch (train.micro_batch_size = ",
                c.train.micro_batch_size, ")");
+  const DataFingerprint fingerprint{data.train.num_rows(), data.train.content_hash()};
+  if (resume_dir) check_resume_data(*resume_dir, read_trainer_state(*resume_dir), fingerprint, c);
   DataLoader loader(data.train, c.train.micro_batch_size, c.data.seed);
   const int64_t accum = c.train.grad_accum_steps;
   const int64_t steps_per_epoch = std::max<int64_t>(1, loader.steps_per_epoch() / accum);
@@ -275,9 +270,6 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   // Model and optimizer.
   LMTUNE_CHECK(alloc.device().is_cpu(), "training runs on the CPU in this release, not on ", alloc.device().str());
   auto model = build_model(c, alloc);
-  LMTUNE_CHECK(c.data.seq_len <= model->config().max_position_embeddings, "data.seq_len (", c.data.seq_len,
-               ") is longer than the model's context: max_position_embeddings is ",
-               model->config().max_position_embeddings, " in ", (c.model.path / "config.json").string());
   model->allocate_grads();
   std::vector<ParamRef> trainable = model->trainable_parameters();
   AdamW adam(trainable, alloc, adam_options(c));
@@ -297,13 +289,22 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
     start = st.step;
     adam.set_steps_taken(st.adam_steps);
     loader.restore(st.loader);
+  }
+
+  // Everything is in place: the run takes the directory.
+  prepare_run_dir(run_dir, resume_dir ? RunStart::resume : RunStart::fresh,
+                  c.output.overwrite ? Overwrite::yes : Overwrite::no);
+  run_dir.keep();
+  const std::string config_yaml = to_yaml(c);
+  write_file_atomic(c.output.dir / "config.yaml", config_yaml);
+  if (progress != Progress::quiet) log << "resolved config:\n" << config_yaml << std::flush;
+  if (resume_dir) {
     truncate_metrics(c.output.dir / "metrics.jsonl", start);
     if (progress != Progress::quiet) log << "resumed from " << resume_dir->string() << " at step " << start << "\n";
-  } else {
-    std::error_code ec;
-    fs::remove(c.output.dir / "metrics.jsonl", ec);
   }
   MetricsLog metrics(c.output.dir / "metrics.jsonl");
+  if (!resume_dir) metrics.write({{"step", 0}, {"data", data_stats_json(data)}});
+  if (progress != Progress::quiet) log << data_loss_report(data, c.data.seq_len, data_options(c).packing);
   int64_t trainable_count = 0;
   for (const ParamRef& p : trainable) trainable_count += p.value.numel();
   if (progress != Progress::quiet) {
@@ -315,7 +316,8 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   TrainSummary summary;
   summary.run_dir = c.output.dir;
   auto save = [&](int64_t step) {
-    CheckpointContents cc{named_trainable(), adam.state(), {step, adam.steps_taken(), loader.state()}, config_yaml};
+    CheckpointContents cc{named_trainable(), adam.state(), {step, adam.steps_taken(), loader.state(), fingerprint},
+                          config_yaml};
     summary.last_checkpoint = save_checkpoint(c.output.dir, cc);
   };
   auto run_eval = [&](int64_t step) {
@@ -343,6 +345,8 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
 
   const auto t0 = Clock::now();
   double tokens_done = 0;
+  summary.steps = start;
+  if ((summary.stop_signal = stop_requested()) != 0) return summary;  // asked to stop while loading
   for (int64_t step = start; step < total_steps; ++step) {
     const auto ts = Clock::now();
     std::vector<Batch> micro;
@@ -385,6 +389,15 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
       log << line << std::flush;
     }
     const bool last_step = done == total_steps;
+    // A stop request (a signal) is served here, at the step boundary: this step is saved.
+    // Under multi-process training the ranks agree on it first (one all-reduce).
+    if (const int sig = stop_requested(); sig != 0 && !last_step) {
+      if (progress == Progress::bar) log << "\n";
+      save(done);
+      summary.steps = done;
+      summary.stop_signal = sig;
+      return summary;
+    }
     if ((c.train.eval_every > 0 && done % c.train.eval_every == 0) || last_step) run_eval(done);
     if ((c.train.save_every > 0 && done % c.train.save_every == 0) || last_step) save(done);
   }

@@ -6,6 +6,11 @@
 // inputs — data order, LoRA initialisation and dropout masks all come from seeds, and the
 // kernels' reductions have a fixed order — so a run resumed from checkpoint-N produces the
 // same losses and weights, bit for bit, as one that never stopped.
+//
+// Around the loop: the run directory is locked and prepared by trainer/io/run_dir.h (after
+// every check that can fail, so a refused run changes nothing there); a resume is checked
+// by resume_check.h; the config is checked against the model by config_checks.h; a stop
+// request (stop_signal.h) is served at a step boundary with a checkpoint.
 #pragma once
 
 #include <filesystem>
@@ -23,6 +28,10 @@ struct TrainSummary {
   std::optional<double> validation_loss;  // at the end, when there is validation data
   std::filesystem::path run_dir;
   std::filesystem::path last_checkpoint;
+  // Not 0: the run stopped early at `steps` because a stop was requested by this signal
+  // (stop_signal.h); last_checkpoint holds that step, or is empty when it stopped before
+  // its first step.
+  int stop_signal = 0;
 };
 
 // What the loop prints: a live progress bar on a terminal, plain lines otherwise.
