@@ -462,6 +462,7 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
       case Tokenizer::PieceKind::unknown: tt = TokenType::unknown; break;
       case Tokenizer::PieceKind::control: tt = TokenType::control; break;
       case Tokenizer::PieceKind::byte: tt = TokenType::byte; break;
+      case Tokenizer::PieceKind::user_defined: tt = TokenType::user_defined; break;
     }
     token_types.push_back(static_cast<int32_t>(tt));
   }

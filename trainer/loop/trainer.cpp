@@ -66,6 +66,7 @@ DataOptions data_options(const TrainConfig& c) {
   o.add_eos = d.add_eos ? AddEos::yes : AddEos::no;
   o.prompt_template = d.prompt_template;
   o.chat_template = std::string(to_string(d.chat_template));
+  o.content_specials = d.parse_special_tokens ? SpecialTokens::parse : SpecialTokens::literal;
   o.shuffle = d.shuffle ? Shuffle::on : Shuffle::off;
   o.seed = d.seed;
   return o;
