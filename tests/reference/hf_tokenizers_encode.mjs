@@ -3,8 +3,12 @@
 // models/tokenizers/hf-tokenizers-js), run under node.
 //
 //   node hf_tokenizers_encode.mjs PKG_DIR TOKENIZER_DIR CORPUS.json OUT.json
-//     CORPUS.json: a JSON array of strings. OUT.json: one array of ids per string, encoded
-//     with add_special_tokens: false (the text's own tokens, special tokens in it included).
+//     CORPUS.json: a JSON array of strings. OUT.json: {"parse": [...], "literal": [...],
+//     "nfc": [...]}, per string: its ids encoded with add_special_tokens: false (the text's
+//     own tokens, special tokens in it included); its ids when the special added tokens are
+//     dropped from the tokenizer first, so that text spelling them is ordinary text (what
+//     tiktoken does with no special tokens allowed, and HF with split_special_tokens); and the
+//     string in NFC (JavaScript's own String.normalize).
 //   node hf_tokenizers_encode.mjs PKG_DIR TOKENIZER_DIR --bench FILE [REPEATS]
 //     Encodes FILE's text REPEATS times (default 3) and prints one line of JSON:
 //     {"bytes": ..., "tokens": ..., "seconds": [...], "mb_per_s": best}
@@ -39,6 +43,13 @@ if (rest[0] === "--bench") {
   console.log(JSON.stringify({ bytes, tokens, seconds, mb_per_s: bytes / 1e6 / best }));
 } else {
   const corpus = JSON.parse(fs.readFileSync(rest[0], "utf8"));
-  const out = corpus.map((doc) => tokenizer.encode(doc, { add_special_tokens: false }).ids);
+  const withoutSpecials = readJson("tokenizer.json");
+  withoutSpecials.added_tokens = withoutSpecials.added_tokens.filter((t) => !t.special);
+  const literal = new Tokenizer(withoutSpecials, readJson("tokenizer_config.json"));
+  const out = {
+    parse: corpus.map((doc) => tokenizer.encode(doc, { add_special_tokens: false }).ids),
+    literal: corpus.map((doc) => literal.encode(doc, { add_special_tokens: false }).ids),
+    nfc: corpus.map((doc) => doc.normalize("NFC")),
+  };
   fs.writeFileSync(rest[1], JSON.stringify(out));
 }
