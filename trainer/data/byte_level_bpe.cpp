@@ -81,13 +81,14 @@ void append_utf8(std::string& out, char32_t c) {
 
 struct ByteTable {
   std::array<char32_t, 256> to_char{};
-  std::unordered_map<char32_t, uint8_t> to_byte;
+  std::array<int16_t, 324> to_byte{};  // code point (< 256 + 68) -> byte, -1 if none
   ByteTable() {
+    to_byte.fill(-1);
     char32_t next = 256;
     for (int b = 0; b < 256; ++b) {
       const bool self = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       to_char[b] = self ? static_cast<char32_t>(b) : next++;
-      to_byte[to_char[b]] = static_cast<uint8_t>(b);
+      to_byte[to_char[b]] = static_cast<int16_t>(b);
     }
   }
 };
@@ -105,13 +106,16 @@ std::optional<std::string> bytes_of_spelling(std::string_view s) {
   out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
     const size_t len = utf8_char_len(s, i);
-    auto it = t.to_byte.find(utf8_decode(s, i, len));
-    if (it == t.to_byte.end() || (len == 1 && static_cast<uint8_t>(s[i]) >= 0x80)) return std::nullopt;
-    out.push_back(static_cast<char>(it->second));
+    const char32_t c = utf8_decode(s, i, len);
+    if ((len == 1 && static_cast<uint8_t>(s[i]) >= 0x80) || c >= t.to_byte.size() || t.to_byte[c] < 0)
+      return std::nullopt;
+    out.push_back(static_cast<char>(t.to_byte[c]));
     i += len;
   }
   return out;
 }
+
+uint64_t slot_of(uint64_t key, uint64_t mask) { return ((key * 0x9E3779B97F4A7C15ull) >> 20) & mask; }
 
 std::string type_of(const json& j) { return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "(none)"; }
 
@@ -242,7 +246,10 @@ ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& src) {
   LMTUNE_CHECK(m.contains("merges") && m["merges"].is_array(), src, ": model.merges is missing or not an array");
   const json& merges = m["merges"];
   merges_.reserve(merges.size());
-  merge_map_.reserve(merges.size());
+  size_t capacity = 16;
+  while (capacity < 2 * merges.size()) capacity *= 2;
+  merge_table_.assign(capacity, MergeSlot{});
+  merge_mask_ = capacity - 1;
   std::string joined;
   for (size_t r = 0; r < merges.size(); ++r) {
     const json& mg = merges[r];
@@ -269,7 +276,14 @@ ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& src) {
                  "' which is not in the vocabulary");
     const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) | static_cast<uint32_t>(ib->second);
     merges_.emplace_back(ia->second, ib->second);
-    merge_map_.emplace(key, std::make_pair(static_cast<int32_t>(r), im->second));
+    for (uint64_t h = slot_of(key, merge_mask_);; h = (h + 1) & merge_mask_) {
+      MergeSlot& slot = merge_table_[h];
+      if (slot.key == key) break;  // a repeated merge: the first rank stands
+      if (slot.key == ~uint64_t{0}) {
+        slot = {key, static_cast<int32_t>(r), im->second};
+        break;
+      }
+    }
   }
 
   // Normalizer.
@@ -379,8 +393,11 @@ int32_t ByteLevelBpe::find(std::string_view piece) const {
 
 std::pair<int32_t, int32_t> ByteLevelBpe::merge_of(int32_t left, int32_t right) const {
   const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-  auto it = merge_map_.find(key);
-  return it == merge_map_.end() ? std::make_pair(-1, -1) : it->second;
+  for (uint64_t h = slot_of(key, merge_mask_);; h = (h + 1) & merge_mask_) {
+    const MergeSlot& slot = merge_table_[h];
+    if (slot.key == key) return {slot.rank, slot.merged};
+    if (slot.key == ~uint64_t{0}) return {-1, -1};
+  }
 }
 
 // ---- encoding ----
@@ -402,7 +419,7 @@ struct ByteLevelBpe::EncodeState {
   };
   struct Cand {
     uint64_t key;  // rank << 32 | left index: lowest first
-    int32_t left_id, right_id, right;
+    int32_t left_id, right_id, right, merged;
   };
   std::vector<Sym> sym;
   std::vector<Cand> heap;
@@ -450,7 +467,7 @@ void ByteLevelBpe::bpe_heap(std::string_view word, EncodeState& st) const {
     if (l < 0 || r < 0) return;
     const auto [rank, m] = merge_of(sym[l].id, sym[r].id);
     if (rank < 0) return;
-    heap.push_back({static_cast<uint64_t>(rank) << 32 | static_cast<uint32_t>(l), sym[l].id, sym[r].id, r});
+    heap.push_back({static_cast<uint64_t>(rank) << 32 | static_cast<uint32_t>(l), sym[l].id, sym[r].id, r, m});
     std::push_heap(heap.begin(), heap.end(), worse);
   };
   for (int32_t k = 0; k + 1 < n; ++k) try_pair(k, k + 1);
@@ -462,7 +479,7 @@ void ByteLevelBpe::bpe_heap(std::string_view word, EncodeState& st) const {
     auto& a = sym[l];
     if (a.id < 0 || a.next != c.right || a.id != c.left_id || sym[c.right].id != c.right_id) continue;  // stale
     auto& b = sym[c.right];
-    a.id = merge_of(c.left_id, c.right_id).second;
+    a.id = c.merged;
     a.next = b.next;
     if (b.next >= 0) sym[b.next].prev = l;
     b.id = -1;

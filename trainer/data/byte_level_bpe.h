@@ -94,7 +94,14 @@ class ByteLevelBpe {
   IdMap byte_ids_;                      // raw bytes -> id (model tokens only)
   std::array<int32_t, 256> single_byte_{};
   std::vector<std::pair<int32_t, int32_t>> merges_;
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merge_map_;  // (l, r) -> (rank, merged)
+  // (left, right) -> (rank, merged): open addressing, linear probing, power-of-two capacity
+  // (the hot look-up of encoding; a node-based map costs twice as much).
+  struct MergeSlot {
+    uint64_t key = ~uint64_t{0};  // left << 32 | right; all ones: empty
+    int32_t rank = -1, merged = -1;
+  };
+  std::vector<MergeSlot> merge_table_;
+  uint64_t merge_mask_ = 0;
   bool ignore_merges_ = false;
   AddedTokenMatcher raw_matcher_;         // added tokens with normalized == false
   AddedTokenMatcher normalized_matcher_;  // ... == true (matched after the normalizer)

@@ -549,6 +549,7 @@ DataSplit load_data(const DataOptions& given, const Tokenizer& tokenizer) {
   }
 
   DataSplit split;
+  split.chat_format = options.chat_format;
   split.train = pack(train_docs, options, tokenizer, options.shuffle);
   LMTUNE_CHECK(split.train.num_rows() > 0, "train data (", join_patterns(options.train_files),
                ") gives no row with a trained token (", train_docs.size(), " documents, ",

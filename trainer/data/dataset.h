@@ -137,7 +137,8 @@ class PackedDataset {
 
 struct DataSplit {
   PackedDataset train;
-  PackedDataset validation;  // num_rows() == 0 when there is no validation data
+  PackedDataset validation;             // num_rows() == 0 when there is no validation data
+  std::optional<ChatFormat> chat_format;  // chat data: the template used
 };
 
 // The whole pipeline: expand patterns, read, split off validation (validation_files, or

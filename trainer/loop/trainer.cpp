@@ -260,6 +260,13 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   // Data.
   const Tokenizer tok = Tokenizer::from_model_dir(c.model.path);
   const DataSplit data = load_data(data_options(c), tok);
+  if (data.chat_format && progress != Progress::quiet) {
+    log << "chat template: " << data.chat_format->renderer
+        << (c.data.chat_template == ChatTemplate::auto_detect
+                ? (tok.chat_template().empty() ? " (auto: the model declares none)" : " (auto: declared by the model)")
+                : "")
+        << "\n";
+  }
   LMTUNE_CHECK(data.train.num_rows() >= c.train.micro_batch_size, "the training data gives ", data.train.num_rows(),
                " rows of ", c.data.seq_len, " tokens, fewer than one micro-batch (train.micro_batch_size = ",
                c.train.micro_batch_size, ")");
