@@ -141,6 +141,19 @@ TEST(ConfigErrors, InconsistentHeads) {
   expect_error([&] { load_llama_config(p4); }, {p4.string(), "'intermediate_size' must be positive"});
 }
 
+// Llama 3.1's rope_scaling: refused with what it is, not silently ignored.
+TEST(ConfigErrors, RopeScalingIsRefused) {
+  TempDir dir;
+  auto j = base_config();
+  j["rope_scaling"] = {{"factor", 8.0}, {"high_freq_factor", 4.0}, {"low_freq_factor", 1.0},
+                       {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}};
+  const auto p = write_config(dir, j);
+  expect_error([&] { load_llama_config(p); }, {p.string(), "rope_scaling of type 'llama3'", "not supported yet"});
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  const auto p2 = write_config(dir, j);
+  expect_error([&] { load_llama_config(p2); }, {p2.string(), "rope_scaling of type 'linear'"});
+}
+
 TEST(ConfigErrors, NotJsonAndMissingFile) {
   TempDir dir;
   const auto p = dir / "config.json";

@@ -361,10 +361,6 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   // What LlamaConfig does not carry but would change the model llama.cpp builds.
   const auto raw_cfg = nlohmann::json::parse(read_file_to_string(config_json, "config.json"), nullptr, false);
   LMTUNE_CHECK(raw_cfg.is_object(), src, ": ", config_json.string(), " is not a JSON object");
-  if (auto it = raw_cfg.find("rope_scaling"); it != raw_cfg.end()) {
-    LMTUNE_CHECK(it->is_null(), src, ": config.json has rope_scaling ", it->dump(),
-                 ", which the GGUF export does not support");
-  }
   if (auto it = raw_cfg.find("head_dim"); it != raw_cfg.end() && !it->is_null()) {
     LMTUNE_CHECK(it->is_number_integer() && it->get<int64_t>() == cfg.head_dim(), src, ": config.json head_dim ",
                  it->dump(), " differs from hidden_size / num_attention_heads = ", cfg.head_dim(),

@@ -150,6 +150,18 @@ LlamaConfig load_llama_config(const std::filesystem::path& config_json) {
                  ": 'head_dim' (", head_dim, ") * num_attention_heads (", c.num_attention_heads,
                  ") != hidden_size (", c.hidden_size, "); a decoupled head_dim is not supported");
   }
+  // Llama 3.1 / 3.2 (rope_type "llama3") and other scaled-RoPE checkpoints: the model would
+  // compute something else without the scaling, so refuse rather than run it wrong.
+  if (const json* rs = r.find("rope_scaling")) {
+    const std::string type = rs->is_object() && rs->contains("rope_type") && (*rs)["rope_type"].is_string()
+                                 ? (*rs)["rope_type"].get<std::string>()
+                                 : rs->is_object() && rs->contains("type") && (*rs)["type"].is_string()
+                                       ? (*rs)["type"].get<std::string>()
+                                       : "?";
+    LMTUNE_THROW(src, ": rope_scaling of type '", type, "' (", rs->dump(), ") is not supported yet, and without it ",
+                 "the model would compute something else; checkpoints with rope_scaling null (Llama 2, Llama 3.0, ",
+                 "Mistral, Qwen2/2.5/3) load");
+  }
   if (const json* act = r.find("hidden_act")) {
     LMTUNE_CHECK(act->is_string(), src, ": key 'hidden_act' must be a string, got ", json_type_name(*act));
     LMTUNE_CHECK(act->get<std::string>() == "silu", src, ": hidden_act '", act->get<std::string>(),
