@@ -167,11 +167,11 @@ void run_tokenize(const Args& args, Allocator&, Output out) {
   LMTUNE_CHECK(inputs == 1, "'lmtune tokenize' needs exactly one of --text-file FILE, --text TEXT, --decode IDS, ",
                "--ids-file FILE");
   if (out == Output::silent) return;  // the tokenizer holds no tracked memory
-  const Tokenizer tok = Tokenizer::from_model_dir(dir);
   if (decoding) {
     const std::vector<int32_t> ids =
         args.get("decode") ? parse_ids(*args.get("decode"), "--decode")
                            : parse_ids(read_file_to_string(*args.get("ids-file"), "ids file"), *args.get("ids-file"));
+    const Tokenizer tok = Tokenizer::from_model_dir(dir);
     const std::string text = tok.decode(ids);
     std::cout.write(text.data(), static_cast<std::streamsize>(text.size()));
     std::cout.flush();
@@ -179,6 +179,7 @@ void run_tokenize(const Args& args, Allocator&, Output out) {
   }
   const std::string text =
       args.get("text") ? *args.get("text") : read_file_to_string(*args.get("text-file"), "text file");
+  const Tokenizer tok = Tokenizer::from_model_dir(dir);
   const std::vector<int32_t> ids =
       tok.encode(text, args.flag("literal-specials") ? SpecialTokens::literal : SpecialTokens::parse,
                  args.flag("bos") ? AddBos::yes : AddBos::no);

@@ -187,9 +187,10 @@ ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& src) {
                        a["content"].is_string(),
                    where, " needs an integer 'id' and a string 'content'");
       AddedToken t;
-      t.id = a["id"].get<int32_t>();
+      const int64_t id = a["id"].get<int64_t>();
+      LMTUNE_CHECK(id >= 0 && id < (1 << 30), where, ": id ", id, " is out of range");
+      t.id = static_cast<int32_t>(id);
       t.content = a["content"].get<std::string>();
-      LMTUNE_CHECK(t.id >= 0 && t.id < (1 << 30), where, ": id ", t.id, " is out of range");
       LMTUNE_CHECK(!t.content.empty(), where, ": empty content");
       t.special = bool_field(a, "special", false);
       t.lstrip = bool_field(a, "lstrip", false);

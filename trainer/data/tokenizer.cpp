@@ -74,11 +74,18 @@ Tokenizer Tokenizer::from_hf_json(const std::filesystem::path& path) {
   LMTUNE_CHECK(type == "BPE", src, ": model type '", type,
                "' is not supported; lmtune reads BPE tokenizers: SentencePiece-style with byte fallback (LLaMA, "
                "Llama-2, Mistral) and byte-level (Llama 3, Qwen)");
-  if (has_byte_level_pre_tokenizer(j)) return from_byte_level_json(j, src);
-  const bool byte_fallback = m.contains("byte_fallback") && m["byte_fallback"].is_boolean() && m["byte_fallback"].get<bool>();
-  LMTUNE_CHECK(byte_fallback, src, ": model type 'BPE' without byte_fallback and without a ByteLevel pre-tokenizer "
-               "is not supported; lmtune reads SentencePiece-style BPE with byte fallback and byte-level BPE");
-  return from_sentencepiece_json(j, src);
+  // The readers check what they use; a value of an unexpected JSON type deep inside still
+  // becomes one line naming the file, never a crash.
+  try {
+    if (has_byte_level_pre_tokenizer(j)) return from_byte_level_json(j, src);
+    const bool byte_fallback =
+        m.contains("byte_fallback") && m["byte_fallback"].is_boolean() && m["byte_fallback"].get<bool>();
+    LMTUNE_CHECK(byte_fallback, src, ": model type 'BPE' without byte_fallback and without a ByteLevel pre-tokenizer ",
+                 "is not supported; lmtune reads SentencePiece-style BPE with byte fallback and byte-level BPE");
+    return from_sentencepiece_json(j, src);
+  } catch (const json::exception& e) {
+    LMTUNE_THROW(src, ": unexpected structure: ", e.what());
+  }
 }
 
 Tokenizer Tokenizer::from_byte_level_json(const json& j, const std::string& src) {
@@ -105,7 +112,7 @@ Tokenizer Tokenizer::from_byte_level_json(const json& j, const std::string& src)
 
 void Tokenizer::read_tokenizer_config(const std::filesystem::path& dir) {
   const auto p = dir / "tokenizer_config.json";
-  if (std::filesystem::exists(p)) {
+  if (std::filesystem::exists(p)) try {
     const std::string src = "tokenizer_config.json " + p.string();
     json c;
     try {
@@ -149,6 +156,8 @@ void Tokenizer::read_tokenizer_config(const std::filesystem::path& dir) {
         LMTUNE_THROW(src, ": chat_template must be a string or a list of {name, template}, got ", it->type_name());
       }
     }
+  } catch (const json::exception& e) {
+    LMTUNE_THROW("tokenizer_config.json ", p.string(), ": unexpected structure: ", e.what());
   }
   const auto jinja = dir / "chat_template.jinja";
   if (std::filesystem::exists(jinja)) chat_template_ = read_file_to_string(jinja, "chat_template.jinja");
