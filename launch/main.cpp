@@ -75,6 +75,7 @@ void run_generate(const Args& args, Allocator& alloc, Output out) {
   const Tokenizer tok = Tokenizer::from_model_dir(dir);
   auto model = LlamaModel::load(dir, alloc);
   const std::vector<int32_t> ids = tok.encode(*prompt, AddBos::yes);
+  LMTUNE_CHECK(!ids.empty(), "'lmtune generate': the prompt is empty and the tokenizer has no BOS token to start from");
   if (out == Output::print) {
     std::cout << *prompt << std::flush;
   }

@@ -148,7 +148,7 @@ std::string sample_text(LlamaModel& model, const Tokenizer& tok, const TrainConf
   s.temperature = 0.0f;
   s.max_new_tokens = std::min<int64_t>(c.train.sample_tokens,
                                        model.config().max_position_embeddings - static_cast<int64_t>(prompt.size()));
-  if (s.max_new_tokens <= 0) return c.train.sample_prompt;
+  if (s.max_new_tokens <= 0 || prompt.empty()) return c.train.sample_prompt;  // empty: no BOS (Qwen), no text
   const std::vector<int32_t> ids = generate(model, prompt, s, nullptr);
   std::vector<int32_t> all = prompt;
   all.insert(all.end(), ids.begin(), ids.end());
