@@ -341,6 +341,82 @@ TEST(ByteLevel, EncodePartsIsOneTextWithPerPartSpecials) {
   EXPECT_EQ(part_of[ids.size() - 3], 1u);
 }
 
+// ---- a synthetic tokenizer.json: added-token options and what is refused ----
+
+// The 256 bytes (ids 0-255, spelled in the byte-level alphabet), "hi" (256) and three added
+// tokens: <L> (special, lstrip), <R> (special, rstrip), <W> (plain, single_word); GPT-2's
+// pre-tokenizer (ByteLevel with use_regex).
+json synthetic_tokenizer() {
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_level_spelling(std::string(1, static_cast<char>(b)))] = b;
+  vocab["hi"] = 256;
+  json j;
+  j["model"] = {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({"h i"})}};
+  j["added_tokens"] = {{{"id", 257}, {"content", "<L>"}, {"special", true}, {"lstrip", true}},
+                       {{"id", 258}, {"content", "<R>"}, {"special", true}, {"rstrip", true}},
+                       {{"id", 259}, {"content", "<W>"}, {"special", false}, {"single_word", true}}};
+  j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  j["decoder"] = {{"type", "ByteLevel"}};
+  return j;
+}
+
+Tokenizer load_json(const json& j) {
+  const fs::path p = testing::temp_dir("lmtune-bl-json") / "tokenizer.json";
+  std::ofstream(p) << j.dump();
+  return Tokenizer::from_hf_json(p);
+}
+
+// Expected ids derived by hand from HF's rules (AddedVocabulary: lstrip/rstrip take the
+// adjacent whitespace, single_word needs no alphanumeric neighbour).
+TEST(ByteLevel, AddedTokenOptionsAsHfDefinesThem) {
+  const Tokenizer t = load_json(synthetic_tokenizer());
+  EXPECT_EQ(t.family(), Tokenizer::Family::byte_level);
+  EXPECT_EQ(t.encode("hi", AddBos::no), (std::vector<int32_t>{256}));
+  EXPECT_EQ(t.encode("a <L>b", AddBos::no), (std::vector<int32_t>{'a', 257, 'b'}));       // the space goes
+  EXPECT_EQ(t.encode("x<R>  y", AddBos::no), (std::vector<int32_t>{'x', 258, 'y'}));      // both spaces go
+  EXPECT_EQ(t.encode(" <W> ", AddBos::no), (std::vector<int32_t>{' ', 259, ' '}));        // a word of its own
+  EXPECT_EQ(t.encode("a<W>", AddBos::no), (std::vector<int32_t>{'a', '<', 'W', '>'}));    // inside a word: text
+  EXPECT_EQ(t.encode("<L>", SpecialTokens::literal, AddBos::no), (std::vector<int32_t>{'<', 'L', '>'}));
+  EXPECT_EQ(t.encode("<W>", SpecialTokens::literal, AddBos::no), (std::vector<int32_t>{259}));  // not special
+  EXPECT_EQ(t.kind(257), Tokenizer::PieceKind::control);
+  EXPECT_EQ(t.kind(259), Tokenizer::PieceKind::user_defined);
+  EXPECT_EQ(t.bos_id(), -1);  // no post-processor, no tokenizer_config.json
+}
+
+TEST(ByteLevel, RefusesWhatItWouldNotReproduce) {
+  auto expect_refused = [](const json& j, std::initializer_list<std::string> parts) {
+    try {
+      load_json(j);
+      ADD_FAILURE() << "no error for " << j.dump().substr(0, 200);
+    } catch (const Error& e) {
+      for (const auto& part : parts) EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  json j = synthetic_tokenizer();
+  j["normalizer"] = {{"type", "Lowercase"}};
+  expect_refused(j, {"tokenizer.json", "normalizer 'Lowercase' is not supported"});
+  j = synthetic_tokenizer();
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers", json::array({{{"type", "Digits"}}, {{"type", "ByteLevel"}}})}};
+  expect_refused(j, {"'Digits' is not supported"});
+  j = synthetic_tokenizer();
+  j["decoder"] = {{"type", "Replace"}};
+  expect_refused(j, {"decoder 'Replace' is not supported"});
+  j = synthetic_tokenizer();
+  j["model"]["vocab"].erase(byte_level_spelling("\n"));
+  j["model"]["vocab"]["hh"] = 10;  // keep the ids dense
+  expect_refused(j, {"no token for byte 0xa"});
+  j = synthetic_tokenizer();
+  j["model"]["vocab"]["\xE2\x82\xAC"] = 260;  // "€": not a character of the byte-level alphabet
+  expect_refused(j, {"'\xE2\x82\xAC' (id 260) is not spelled in the byte-level alphabet"});
+  j = synthetic_tokenizer();
+  j["model"]["merges"] = json::array({"h x"});
+  expect_refused(j, {"merge 0", "'hx' which is not in the vocabulary"});
+  j = synthetic_tokenizer();
+  j["model"]["dropout"] = 0.1;
+  expect_refused(j, {"model.dropout 0.1"});
+}
+
 // ---- the pre-tokenizer regex on its own ----
 
 TEST(SplitRegex, WhitespaceMeansUnicodeWhiteSpace) {

@@ -1,6 +1,6 @@
 // Byte-level BPE (GPT-2 style; Llama 3, Qwen 2/2.5/3): HF tokenizer.json with a `BPE` model
 // under a `ByteLevel` pre-tokenizer. The model behind Tokenizer for such files; see the design
-// note in byte_level_bpe.cpp.
+// notes in byte_level_bpe.cpp (encoding) and byte_level_bpe_json.cpp (what is read).
 #pragma once
 
 #include <array>
@@ -102,6 +102,7 @@ class ByteLevelBpe {
   };
   std::vector<MergeSlot> merge_table_;
   uint64_t merge_mask_ = 0;
+  static uint64_t merge_slot(uint64_t key, uint64_t mask) { return ((key * 0x9E3779B97F4A7C15ull) >> 20) & mask; }
   bool ignore_merges_ = false;
   AddedTokenMatcher raw_matcher_;         // added tokens with normalized == false
   AddedTokenMatcher normalized_matcher_;  // ... == true (matched after the normalizer)
