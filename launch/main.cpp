@@ -3,6 +3,10 @@
 // (0 ok, 1 error, 2 usage error, 128 + N when `train` stopped on signal N after saving).
 #include <sys/resource.h>
 
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -72,6 +76,7 @@ void run_generate(const Args& args, Allocator& alloc, Output out) {
   const Tokenizer tok = Tokenizer::from_model_dir(dir);
   auto model = LlamaModel::load(dir, alloc);
   const std::vector<int32_t> ids = tok.encode(*prompt, AddBos::yes);
+  LMTUNE_CHECK(!ids.empty(), "'lmtune generate': the prompt is empty and the tokenizer has no BOS token to start from");
   if (out == Output::print) {
     std::cout << *prompt << std::flush;
   }
@@ -118,6 +123,75 @@ void run_import(const Args& args, Allocator&, Output out) {
   if (out == Output::silent) return;  // import streams files; it holds no tracked memory
   import_llama2c(pos[1], pos[2], pos[3]);
   std::cout << "wrote HF model directory " << pos[3] << "\n";
+}
+
+// ---- tokenize --------------------------------------------------------------------------
+const std::vector<OptionSpec> kTokenizeOptions = with_common({
+    {"text-file", true, "encode this file's bytes exactly as they are"},
+    {"text", true, "encode this text"},
+    {"json", false, "print the ids as a JSON array (default: one line, space-separated)"},
+    {"literal-specials", false, "encode text that spells a special token (<|eot_id|>) as plain text"},
+    {"bos", false, "put the tokenizer's BOS first (when it has one)"},
+    {"decode", true, "decode these ids (space- or comma-separated, or a JSON array) and print the text"},
+    {"ids-file", true, "decode the ids in this file"},
+});
+
+// "1 2 3", "1,2,3" or "[1, 2, 3]" -> ids; anything else names the offending word.
+std::vector<int32_t> parse_ids(const std::string& s, const std::string& what) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < s.size()) {
+    const char c = s[i];
+    if (c == ' ' || c == ',' || c == '\n' || c == '\t' || c == '\r' || c == '[' || c == ']') {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < s.size() && std::string_view(" ,\n\t\r[]").find(s[j]) == std::string_view::npos) ++j;
+    const std::string word = s.substr(i, j - i);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(word.c_str(), &end, 10);
+    LMTUNE_CHECK(*end == '\0' && errno == 0 && v >= 0 && v <= INT32_MAX, what, ": '", word,
+                 "' is not a token id (expected non-negative integers separated by spaces or commas)");
+    ids.push_back(static_cast<int32_t>(v));
+    i = j;
+  }
+  return ids;
+}
+
+void run_tokenize(const Args& args, Allocator&, Output out) {
+  args.expect_positional({"MODEL_DIR"});
+  const fs::path dir = model_dir_arg(args.positional()[0]);
+  const bool decoding = args.get("decode").has_value() || args.get("ids-file").has_value();
+  const int inputs = int{args.get("text-file").has_value()} + int{args.get("text").has_value()} +
+                     int{args.get("decode").has_value()} + int{args.get("ids-file").has_value()};
+  LMTUNE_CHECK(inputs == 1, "'lmtune tokenize' needs exactly one of --text-file FILE, --text TEXT, --decode IDS, ",
+               "--ids-file FILE");
+  if (out == Output::silent) return;  // the tokenizer holds no tracked memory
+  if (decoding) {
+    const std::vector<int32_t> ids =
+        args.get("decode") ? parse_ids(*args.get("decode"), "--decode")
+                           : parse_ids(read_file_to_string(*args.get("ids-file"), "ids file"), *args.get("ids-file"));
+    const Tokenizer tok = Tokenizer::from_model_dir(dir);
+    const std::string text = tok.decode(ids);
+    std::cout.write(text.data(), static_cast<std::streamsize>(text.size()));
+    std::cout.flush();
+    return;
+  }
+  const std::string text =
+      args.get("text") ? *args.get("text") : read_file_to_string(*args.get("text-file"), "text file");
+  const Tokenizer tok = Tokenizer::from_model_dir(dir);
+  const std::vector<int32_t> ids =
+      tok.encode(text, args.flag("literal-specials") ? SpecialTokens::literal : SpecialTokens::parse,
+                 args.flag("bos") ? AddBos::yes : AddBos::no);
+  std::string line = args.flag("json") ? "[" : "";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) line += args.flag("json") ? ", " : " ";
+    line += std::to_string(ids[i]);
+  }
+  if (args.flag("json")) line += "]";
+  std::cout << line << "\n";
 }
 
 // ---- train -----------------------------------------------------------------------------
@@ -233,6 +307,10 @@ const std::vector<Verb>& verbs() {
        &kGenerateOptions, exits_0<run_generate>},
       {"perplexity", "lmtune perplexity MODEL_DIR --text-file FILE [--seq-len T]", &kPerplexityOptions,
        exits_0<run_perplexity>},
+      {"tokenize",
+       "lmtune tokenize MODEL_DIR (--text-file FILE | --text TEXT) [--json] [--literal-specials] [--bos] | "
+       "(--decode IDS | --ids-file FILE)",
+       &kTokenizeOptions, exits_0<run_tokenize>},
       {"train", "lmtune train CONFIG.yaml [key.sub=value ...]", &kTrainOptions, run_train},
       {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0] [--overwrite]",
        &kExportOptions, exits_0<run_export>},

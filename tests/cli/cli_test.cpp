@@ -211,6 +211,50 @@ TEST_F(BadInput, PerplexityTextFileDoesNotExist) {
                    {"/nonexistent/x.txt", "cannot open"});
 }
 
+// ---- lmtune tokenize ------------------------------------------------------------------
+
+// The ids `lmtune tokenize` prints are encode()'s; --json, --literal-specials and --bos change
+// what they say; --decode / --ids-file give the file's bytes back exactly (invalid UTF-8
+// included); bad ids and conflicting inputs are one-line errors.
+TEST(CliTokenize, EncodesAndDecodesExactly) {
+  const fs::path dir = testing::real_tokenizer_dir("llama3");
+  if (dir.empty()) GTEST_SKIP() << "models/tokenizers not fetched (scripts/fetch_tokenizers.sh)";
+  const Tokenizer tok = Tokenizer::from_model_dir(dir);
+  const fs::path tmp = testing::temp_dir("lmtune-cli-tok");
+  const std::string text = "Hello world<|eot_id|> 12345 caf\xC3\xA9 \xFF\xFE end\n";
+  write_text(tmp / "in.txt", text);
+  auto ids_line = [](const std::vector<int32_t>& ids, const char* sep) {
+    std::string s;
+    for (size_t i = 0; i < ids.size(); ++i) s += (i ? sep : "") + std::to_string(ids[i]);
+    return s;
+  };
+  const auto ids = tok.encode(text, AddBos::no);
+  ASSERT_NE(std::find(ids.begin(), ids.end(), tok.eot_id()), ids.end());
+  auto r = run_lmtune("tokenize " + q(dir) + " --text-file " + q(tmp / "in.txt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, ids_line(ids, " ") + "\n");
+  r = run_lmtune("tokenize " + q(dir) + " --text-file " + q(tmp / "in.txt") + " --json --bos --literal-specials");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto literal = tok.encode(text, SpecialTokens::literal, AddBos::yes);
+  EXPECT_EQ(literal.front(), tok.bos_id());
+  EXPECT_EQ(std::find(literal.begin(), literal.end(), tok.eot_id()), literal.end());
+  EXPECT_EQ(r.out, "[" + ids_line(literal, ", ") + "]\n");
+  literal.erase(literal.begin());
+
+  // Round trips, through a file of ids and through --decode.
+  write_text(tmp / "ids.txt", ids_line(ids, " "));
+  r = run_lmtune("tokenize " + q(dir) + " --ids-file " + q(tmp / "ids.txt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, text);
+  r = run_lmtune("tokenize " + q(dir) + " --decode '[" + ids_line(literal, ",") + "]'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, text);
+
+  expect_one_error(run_lmtune("tokenize " + q(dir) + " --decode '12 x3'"), {"--decode", "'x3' is not a token id"});
+  expect_one_error(run_lmtune("tokenize " + q(dir) + " --decode '999999'"), {"token id 999999 is out of range"});
+  expect_one_error(run_lmtune("tokenize " + q(dir) + " --text hi --decode 1"), {"exactly one of"});
+}
+
 TEST(CliUsage, UnknownOptionSuggestsTheClosest) {
   const auto r = run_lmtune("generate somewhere --temprature 0");
   expect_one_error(r, {"--temprature", "did you mean '--temperature'"});

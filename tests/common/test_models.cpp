@@ -70,8 +70,9 @@ fs::path stories15m_hf_dir() {
   return dir;
 }
 
-void write_random_model(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed, const std::string& skip,
-                        const std::string& halve) {
+namespace {
+void write_random_weights(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed, const std::string& skip,
+                          const std::string& halve) {
   fs::create_directories(dir);
   save_llama_config(dir / "config.json", cfg);
   auto alloc = Allocator::create(Device::cpu());
@@ -87,6 +88,12 @@ void write_random_model(const fs::path& dir, const LlamaConfig& cfg, uint64_t se
     w.add(p.name, p.name == halve ? p.value.view(0, {p.value.numel() / 2}) : p.value);
   }
   w.write(dir / "model.safetensors");
+}
+}  // namespace
+
+void write_random_model(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed, const std::string& skip,
+                        const std::string& halve) {
+  write_random_weights(dir, cfg, seed, skip, halve);
   Tokenizer::from_llama2c(stories15m_llama2c_dir() / "tokenizer.bin").save_hf_json(dir / "tokenizer.json");
 }
 
@@ -102,6 +109,28 @@ fs::path write_tiny_train_model(const fs::path& dir, uint64_t seed) {
   cfg.tie_word_embeddings = true;
   write_random_model(dir, cfg, seed);
   return dir;
+}
+
+void write_random_model_with_tokenizer(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed,
+                                       const fs::path& tokenizer_dir) {
+  write_random_weights(dir, cfg, seed, "", "");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(tokenizer_dir / f, dir / f, fs::copy_options::overwrite_existing);
+}
+
+fs::path real_tokenizer_dir(const std::string& name) {
+  const fs::path root = fs::path(LMTUNE_MODELS_DIR) / "tokenizers";
+  const fs::path d = root / name;
+  if (fs::exists(root / ".complete") && fs::exists(d / "tokenizer.json") && fs::exists(d / "tokenizer_config.json"))
+    return d;
+  return {};
+}
+
+fs::path hf_tokenizers_js_dir() {
+  const fs::path d = fs::path(LMTUNE_MODELS_DIR) / "tokenizers" / "hf-tokenizers-js";
+  if (!fs::exists(d / "dist" / "tokenizers.mjs")) return {};
+  if (run_command("node --version").exit_code != 0) return {};
+  return d;
 }
 
 RunResult run_command(const std::string& cmd) {

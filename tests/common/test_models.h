@@ -23,6 +23,16 @@ std::filesystem::path temp_dir(const std::string& prefix);
 // elements, flattened (both for bad-input tests).
 void write_random_model(const std::filesystem::path& dir, const LlamaConfig& cfg, uint64_t seed,
                         const std::string& skip = "", const std::string& halve = "");
+// The same with the tokenizer files (tokenizer.json, tokenizer_config.json) of `tokenizer_dir`.
+void write_random_model_with_tokenizer(const std::filesystem::path& dir, const LlamaConfig& cfg, uint64_t seed,
+                                       const std::filesystem::path& tokenizer_dir);
+
+// A real byte-level tokenizer fetched by scripts/fetch_tokenizers.sh: "llama3" or "qwen3"
+// (models/tokenizers/<name>/{tokenizer.json,tokenizer_config.json}); empty when not fetched.
+std::filesystem::path real_tokenizer_dir(const std::string& name);
+// @huggingface/tokenizers (models/tokenizers/hf-tokenizers-js); empty when not fetched or
+// when node is not installed.
+std::filesystem::path hf_tokenizers_js_dir();
 
 // A 2-layer, width-32 model (4 query heads, 2 KV heads of 8, MLP 64, context 64) with
 // random weights (seed) and stories15M's tokenizer: fast enough to train in a test.

@@ -298,20 +298,24 @@ TEST(Dataset, ChatmlTrainsOnlyAssistantTurnsAndTheirEndMarker) {
   const auto u0 = tok->encode(
       "<|im_start|>system\nYou are kind.<|im_end|>\n<|im_start|>user\nHi there.<|im_end|>\n<|im_start|>assistant\n",
       AddBos::no);
-  const auto a0 = tok->encode("Hello, friend.<|im_end|>\n", AddBos::no);
-  const auto u1 = tok->encode("<|im_start|>user\nBye.<|im_end|>\n<|im_start|>assistant\n", AddBos::no);
-  const auto a1 = tok->encode("Goodbye.<|im_end|>\n", AddBos::no);
-  EXPECT_EQ(ex.tokens, concat({{tok->bos_id()}, u0, a0, u1, a1, {tok->eos_id()}}));
+  const auto a0 = tok->encode("Hello, friend.<|im_end|>", AddBos::no);
+  const auto u1 = tok->encode("\n<|im_start|>user\nBye.<|im_end|>\n<|im_start|>assistant\n", AddBos::no);
+  const auto a1 = tok->encode("Goodbye.<|im_end|>", AddBos::no);
+  const auto nl = tok->encode("\n", AddBos::no);
+  EXPECT_EQ(ex.tokens, concat({{tok->bos_id()}, u0, a0, u1, a1, nl, {tok->eos_id()}}));
   std::vector<uint8_t> mask(1 + u0.size(), 0);
   mask.insert(mask.end(), a0.size(), 1);
   mask.insert(mask.end(), u1.size(), 0);
-  mask.insert(mask.end(), a1.size() + 1, 1);
+  mask.insert(mask.end(), a1.size(), 1);
+  mask.insert(mask.end(), nl.size(), 0);
+  mask.push_back(1);
   EXPECT_EQ(ex.train_mask, mask);
-  // What is trained decodes to the assistant replies and their end markers only.
+  // What is trained decodes to the assistant replies and their end markers only (the newline
+  // after <|im_end|> belongs to the next turn's prompt).
   std::vector<int32_t> trained;
   for (size_t i = 0; i < ex.tokens.size(); ++i)
     if (ex.train_mask[i] && ex.tokens[i] != tok->eos_id()) trained.push_back(ex.tokens[i]);
-  EXPECT_EQ(tok->decode(trained), "Hello, friend.<|im_end|>\n Goodbye.<|im_end|>\n");
+  EXPECT_EQ(tok->decode(trained), "Hello, friend.<|im_end|> Goodbye.<|im_end|>");
 }
 
 TEST(Dataset, Llama2ChatUsesSpecialTokensAsTurnMarkers) {

@@ -928,5 +928,64 @@ TEST(GgufLlamaCpp, FineTunedExportContinuesAsLmtune) {
   }
 }
 
+// Byte-level BPE: a random Llama-3-architecture model (no rope_scaling, the real 128256-token
+// Llama 3 tokenizer) and one with Qwen3's tokenizer (llama architecture, vocab padded to
+// 151936 as Qwen pads it). Exported to GGUF, llama.cpp reads the tokenizer metadata
+// ("gpt2", pre llama-bpe / qwen2, merges, token types), tokenizes a prompt mixing words,
+// numbers, accents, CJK and emoji to the same ids as lmtune, and continues it greedily
+// exactly as lmtune does.
+TEST(GgufLlamaCpp, ByteLevelTokenizersMatchLmtune) {
+  REQUIRE_LLAMA_CPP(runner);
+  struct Case {
+    const char* name;
+    int64_t vocab;
+    const char* pre;
+    int64_t merges;
+  };
+  for (const Case c : {Case{"llama3", 128256, "llama-bpe", 280147}, Case{"qwen3", 151936, "qwen2", 151387}}) {
+    SCOPED_TRACE(c.name);
+    const fs::path tdir = testing::real_tokenizer_dir(c.name);
+    if (tdir.empty()) GTEST_SKIP() << "models/tokenizers not fetched (scripts/fetch_tokenizers.sh)";
+    LlamaConfig cfg;
+    cfg.hidden_size = 64;
+    cfg.intermediate_size = 128;
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = 4;
+    cfg.num_key_value_heads = 2;
+    cfg.vocab_size = c.vocab;
+    cfg.rope_theta = 500000.0;
+    cfg.max_position_embeddings = 256;
+    cfg.rms_norm_eps = 1e-5;
+    cfg.tie_word_embeddings = true;
+    cfg.bos_token_id = std::string(c.name) == "llama3" ? 128000 : 151643;
+    cfg.eos_token_id = std::string(c.name) == "llama3" ? 128001 : 151645;
+    const fs::path dir = testing::temp_dir("lmtune-gguf-bl") / c.name;
+    testing::write_random_model_with_tokenizer(dir, cfg, 7, tdir);
+    const fs::path out = dir.parent_path() / (std::string(c.name) + ".gguf");
+    export_gguf(dir, out, GgufType::f32);
+
+    const GgufFile g = read_gguf(out);
+    EXPECT_EQ(g.at("tokenizer.ggml.model").as_string(), "gpt2");
+    EXPECT_EQ(g.at("tokenizer.ggml.pre").as_string(), c.pre);
+    EXPECT_EQ(static_cast<int64_t>(g.at("tokenizer.ggml.tokens").array.size()), c.vocab);
+    EXPECT_EQ(static_cast<int64_t>(g.at("tokenizer.ggml.merges").array.size()), c.merges);
+    EXPECT_FALSE(g.has("tokenizer.ggml.scores"));
+    const Tokenizer tok = Tokenizer::from_model_dir(dir);
+    EXPECT_EQ(static_cast<int64_t>(g.at("tokenizer.ggml.eot_token_id").as_uint()), tok.eot_id());
+    EXPECT_EQ(g.at("tokenizer.ggml.add_bos_token").as_bool(), tok.bos_id() >= 0);
+    const auto types = g.at("tokenizer.ggml.token_type").ints();
+    EXPECT_EQ(types[static_cast<size_t>(tok.eot_id())], 3);  // control
+    EXPECT_EQ(types[static_cast<size_t>(tok.piece_id("\xC4\xA0the"))], 1);  // "Ġthe": normal
+
+    const std::string prompt_text = "Hello world! In 2024, 1234567 caf\xC3\xA9s served \xE6\x9D\xB1\xE4\xBA\xAC "
+                                    "\xF0\x9F\x99\x82 -- don't   stop";
+    const std::vector<int32_t> prompt = tok.encode(prompt_text, AddBos::yes);
+    const std::vector<int32_t> ours = lmtune_greedy(dir, prompt, 16);
+    const LlamaCppRun r = run_llama_cpp(runner, out, 16, prompt_text);
+    EXPECT_EQ(r.prompt_ids, prompt) << "llama.cpp's tokenizer disagrees with ours on the prompt";
+    EXPECT_EQ(r.ids, ours) << "llama.cpp and lmtune continue the prompt differently";
+  }
+}
+
 }  // namespace
 }  // namespace lmtune

@@ -1,5 +1,7 @@
 #include "trainer/data/tokenizer.h"
 
+#include "trainer/data/byte_level_bpe.h"  // kMaxWordBytes
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -254,6 +256,31 @@ TEST(Tokenizer, SyntheticVocabMatchesReference) {
     EXPECT_EQ(t.decode(t.encode(s, AddBos::yes)), s);
   }
   EXPECT_EQ(t.encode("the", AddBos::no), (std::vector<int32_t>{t.piece_id("\xE2\x96\x81the")}));
+}
+
+// A segment longer than kMaxWordBytes (text in which every adjacent pair occurs in some piece,
+// so nothing cuts it) is encoded in windows of kMaxWordBytes: bounded memory and time per
+// word. With "aa" the best merge, "▁" + 40960 a's would be "▁" and 20480 "aa" unwindowed;
+// in windows of 16384 bytes the first (3 bytes of "▁", 16381 a's) and the last keep one "a".
+TEST(Tokenizer, LongSegmentIsEncodedInBoundedWindows) {
+  TempDir dir;
+  const auto p = dir / "tokenizer.bin";
+  test::write_bytes(p, test::make_tokenizer_bin({{"aa", -1}, {" a", -5}, {"a", -10}, {" ", -20}}));
+  const Tokenizer t = Tokenizer::from_llama2c(p);
+  const int32_t aa = t.piece_id("aa"), a1 = t.piece_id("a"), sp = t.piece_id("\xE2\x96\x81");
+  ASSERT_GE(aa, 0);
+  ASSERT_GE(sp, 0);
+  ASSERT_EQ(kMaxWordBytes, 16384u);
+  const std::string text(2 * kMaxWordBytes + kMaxWordBytes / 2, 'a');
+  const auto ids = t.encode(text, AddBos::no);
+  std::vector<int32_t> expect = {sp};
+  expect.insert(expect.end(), 8190, aa);  // window 1: "▁" + 16381 a's
+  expect.push_back(a1);
+  expect.insert(expect.end(), 8192, aa);  // window 2: 16384 a's
+  expect.insert(expect.end(), 4097, aa);  // window 3: the last 8195
+  expect.push_back(a1);
+  EXPECT_EQ(ids, expect);
+  EXPECT_EQ(t.decode(ids), text);
 }
 
 // tokenizer.json path with a merge over byte-fallback tokens (as HF allows): unknown

@@ -27,9 +27,9 @@ std::string missing_inputs(const std::string& name) {
   return "";
 }
 
-// Trains configs/<name> for two steps.
-TrainSummary run_config_for_two_steps(const std::string& name) {
-  const fs::path hf = testing::stories15m_hf_dir();
+// Trains configs/<name> for two steps on the model in `hf` (stories15M when empty).
+TrainSummary run_config_for_two_steps(const std::string& name, fs::path hf = {}) {
+  if (hf.empty()) hf = testing::stories15m_hf_dir();
   const fs::path src(LMTUNE_SOURCE_DIR);
   const fs::path out = testing::temp_dir("lmtune-configs") / "run";
   // relative paths in the examples are relative to the repository root
@@ -69,6 +69,35 @@ TEST(ConfigExamples, DemoLora) { EXPECT_CONFIG_TRAINS("demo_lora.yaml"); }
 TEST(ConfigExamples, FullFinetune) { EXPECT_CONFIG_TRAINS("full_finetune.yaml"); }
 TEST(ConfigExamples, AlpacaLora) { EXPECT_CONFIG_TRAINS("alpaca_lora.yaml"); }
 TEST(ConfigExamples, ChatLora) { EXPECT_CONFIG_TRAINS("chat_lora.yaml"); }
+
+// The Llama 3 chat example on a random small model of that architecture (GQA, rope_theta
+// 500000, no rope_scaling) with the real Llama 3 tokenizer and chat template: auto-detection
+// picks the llama3 renderer, and the run trains as shipped.
+TEST(ConfigExamples, Llama3ChatLora) {
+  const fs::path tdir = testing::real_tokenizer_dir("llama3");
+  if (tdir.empty()) GTEST_SKIP() << "models/tokenizers not fetched (scripts/fetch_tokenizers.sh)";
+  LlamaConfig cfg;
+  cfg.hidden_size = 64;
+  cfg.intermediate_size = 192;
+  cfg.num_hidden_layers = 2;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 2;
+  cfg.vocab_size = 128256;
+  cfg.rope_theta = 500000.0;
+  cfg.rms_norm_eps = 1e-5;
+  cfg.max_position_embeddings = 1024;
+  cfg.tie_word_embeddings = true;
+  cfg.bos_token_id = 128000;
+  cfg.eos_token_id = 128001;
+  const fs::path model = testing::temp_dir("lmtune-configs-llama3") / "model";
+  testing::write_random_model_with_tokenizer(model, cfg, 3, tdir);
+  const TrainSummary s = run_config_for_two_steps("llama3_chat_lora.yaml", model);
+  EXPECT_EQ(s.steps, 2);
+  EXPECT_TRUE(std::isfinite(s.last_loss)) << s.last_loss;
+  // A random model over 128256 tokens starts near ln(128256) = 11.76 nats per token.
+  EXPECT_GT(s.last_loss, 9.0);
+  EXPECT_LT(s.last_loss, 15.0);
+}
 
 }  // namespace
 }  // namespace lmtune

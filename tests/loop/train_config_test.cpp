@@ -224,7 +224,7 @@ TEST_F(TrainConfigTest, DefaultsAreFilledIn) {
   EXPECT_EQ(c.data.seq_len, 256);
   EXPECT_TRUE(c.data.packing && c.data.add_bos && c.data.add_eos && c.data.shuffle);
   EXPECT_TRUE(c.data.prompt_template.empty());  // the data pipeline's Stanford templates
-  EXPECT_EQ(c.data.chat_template, ChatTemplate::chatml);
+  EXPECT_EQ(c.data.chat_template, ChatTemplate::auto_detect);
   EXPECT_EQ(c.data.seed, 0u);
   EXPECT_EQ(c.train.max_steps, 100);
   EXPECT_FALSE(c.train.epochs.has_value());

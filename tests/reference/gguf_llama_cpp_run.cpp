@@ -88,6 +88,12 @@ int main(int argc, char** argv) {
   cp.n_threads = 1;  // a 15M model needs no more; spinning threads on a busy machine cost more
   cp.n_threads_batch = 1;
   cp.no_perf = true;
+  // An f32 KV cache (the default is f16) and no flash attention (whose CPU kernel rounds Q to
+  // f16), so that llama.cpp computes attention in f32 as lmtune does: with a 128k vocabulary
+  // and random weights the top two logits can be 6e-3 apart, which f16 rounding does flip.
+  cp.type_k = GGML_TYPE_F32;
+  cp.type_v = GGML_TYPE_F32;
+  cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
   llama_context* ctx = llama_init_from_model(model, cp);
   if (ctx == nullptr) fail("could not create a llama.cpp context");
 

@@ -5,25 +5,27 @@
 //   --tokenize_documents--> Examples --PackedDataset::build--> rows --DataLoader--> Batches
 //
 // Documents. A Document is a list of Segments (text or a special token) each marked
-// Trained::yes/no. Text format: one document per file, one trained segment (empty files are
-// skipped). Alpaca: prompt (untrained) + output (trained). Chat: the conversation rendered by
-// a template, where only assistant content and its end marker are trained:
-//   chatml  "<|im_start|>{role}\n{content}<|im_end|>\n" per message (plain text: the llama
-//           vocabularies have no such special tokens); for the assistant "<|im_start|>assistant\n"
-//           is prompt and "{content}<|im_end|>\n" is trained.
-//   llama2  "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]" as prompt, "{assistant}" and
-//           the </s> token trained; a turn after an assistant reply starts with <s> (Meta's
-//           format). With add_eos the final </s> is not doubled.
-//   plain   "System: {c}\n", "User: {c}\n", "Assistant:" as prompt, "{c}\n" trained.
-// A malformed JSONL line is an error "file:line: what is wrong"; blank lines are skipped.
+// Trained::yes/no and with its special-token rule. Text format: one document per file, one
+// trained segment (empty files are skipped). Alpaca: prompt (untrained) + output (trained).
+// Chat: the conversation rendered by a chat template (chat_template.h: llama3, qwen3, chatml,
+// llama2, plain; "auto" takes the one the model's tokenizer_config.json declares), where
+// exactly the assistant turns — content and end-of-turn marker — are trained. Data text
+// (files, fields, message content) follows data.parse_special_tokens; template markup is
+// always parsed. A malformed JSONL line is an error "file:line: what is wrong"; blank lines
+// are skipped.
 //
-// Tokenization. Adjacent segments with the same mark are joined, then each is encoded on
-// its own (no BOS/EOS). So every segment starts with the tokenizer's dummy-prefix "▁", as
-// HF's encode(prompt) + encode(response) gives; this is also exactly what generation sees
-// when it encodes a rendered prompt and lets the model continue — the response's first
-// token is "▁word". Templates therefore end their prompt without a trailing space. BOS
-// (add_bos) goes first with mask 0 — it is never a target; EOS (add_eos) goes last with
-// mask 1 — the model learns to stop. Documents are tokenized on a few threads (the
+// Tokenization depends on the tokenizer family, as the real tokenizers do:
+//   byte-level (Llama 3, Qwen): a document's text segments are one text, encoded at once
+//     (encode_parts), so the ids are exactly HF's tokenizer(apply_chat_template(...)); each
+//     token is trained as the segment its first byte is in.
+//   SentencePiece: adjacent segments with the same mark are joined, then each is encoded on
+//     its own, so every segment starts with the tokenizer's dummy-prefix "▁", as HF's
+//     encode(prompt) + encode(response) gives; this is also exactly what generation sees when
+//     it encodes a rendered prompt and lets the model continue — the response's first token
+//     is "▁word". Templates therefore end their prompt without a trailing space.
+// BOS (add_bos) goes first with mask 0 — it is never a target — unless the template already
+// wrote it (Llama 3's does); EOS (add_eos) goes last with mask 1 — the model learns to stop —
+// unless the document already ends with it. Documents are tokenized on a few threads (the
 // tokenizer's encode is const); the result does not depend on the thread count.
 //
 // Rows. T = seq_len. A row holds T + 1 tokens: inputs = row[:-1], targets = row[1:], and a
@@ -165,14 +167,9 @@ std::string substitute(std::string_view templ, const std::vector<std::pair<std::
   return out;
 }
 
-void push_segment(std::vector<Segment>& segments, Segment::Kind kind, std::string text, Trained trained) {
-  if (kind == Segment::Kind::text && !segments.empty() && segments.back().kind == Segment::Kind::text &&
-      segments.back().trained == trained) {
-    segments.back().text += text;
-    return;
-  }
-  if (kind == Segment::Kind::text && text.empty()) return;
-  segments.push_back(Segment{kind, std::move(text), trained});
+void push_text(std::vector<Segment>& segments, std::string text, Trained trained, SpecialTokens specials) {
+  if (text.empty()) return;
+  segments.push_back(Segment{Segment::Kind::text, std::move(text), trained, specials});
 }
 
 }  // namespace
@@ -182,56 +179,6 @@ std::string render_alpaca_prompt(const std::string& instruction, const std::stri
   std::string_view templ = prompt_template;
   if (templ.empty()) templ = input.empty() ? kAlpacaPromptNoInput : kAlpacaPromptWithInput;
   return substitute(templ, {{"instruction", instruction}, {"input", input}});
-}
-
-std::vector<Segment> render_chat(const std::vector<ChatMessage>& messages, const std::string& chat_template) {
-  using K = Segment::Kind;
-  std::vector<Segment> s;
-  if (chat_template == "chatml") {
-    for (const ChatMessage& m : messages) {
-      if (m.role == "assistant") {
-        push_segment(s, K::text, "<|im_start|>assistant\n", Trained::no);
-        push_segment(s, K::text, m.content + "<|im_end|>\n", Trained::yes);
-      } else {
-        push_segment(s, K::text, "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n", Trained::no);
-      }
-    }
-  } else if (chat_template == "llama2") {
-    std::string system;
-    bool after_reply = false;
-    for (const ChatMessage& m : messages) {
-      if (m.role == "system") {
-        if (!system.empty()) system += "\n";
-        system += m.content;
-      } else if (m.role == "user") {
-        if (after_reply) push_segment(s, K::bos, "", Trained::no);
-        std::string text = "[INST] ";
-        if (!system.empty()) text += "<<SYS>>\n" + system + "\n<</SYS>>\n\n";
-        system.clear();
-        text += m.content + " [/INST]";
-        push_segment(s, K::text, std::move(text), Trained::no);
-        after_reply = false;
-      } else {
-        push_segment(s, K::text, m.content, Trained::yes);
-        push_segment(s, K::eos, "", Trained::yes);
-        after_reply = true;
-      }
-    }
-  } else if (chat_template == "plain") {
-    for (const ChatMessage& m : messages) {
-      if (m.role == "system") {
-        push_segment(s, K::text, "System: " + m.content + "\n", Trained::no);
-      } else if (m.role == "user") {
-        push_segment(s, K::text, "User: " + m.content + "\n", Trained::no);
-      } else {
-        push_segment(s, K::text, "Assistant:", Trained::no);
-        push_segment(s, K::text, m.content + "\n", Trained::yes);
-      }
-    }
-  } else {
-    LMTUNE_THROW("unknown chat_template '", chat_template, "'; expected one of: chatml, llama2, plain");
-  }
-  return s;
 }
 
 // ---- reading ----
@@ -258,9 +205,9 @@ Document alpaca_document(const json& rec, const DataOptions& options, const std:
   const std::string output = string_field(rec, "output", FieldNeed::required, where);
   Document doc;
   doc.source = where;
-  push_segment(doc.segments, Segment::Kind::text, render_alpaca_prompt(instruction, input, options.prompt_template),
-               Trained::no);
-  push_segment(doc.segments, Segment::Kind::text, output, Trained::yes);
+  push_text(doc.segments, render_alpaca_prompt(instruction, input, options.prompt_template), Trained::no,
+            options.content_specials);
+  push_text(doc.segments, output, Trained::yes, options.content_specials);
   return doc;
 }
 
@@ -284,7 +231,9 @@ Document chat_document(const json& rec, const DataOptions& options, const std::s
   LMTUNE_CHECK(has_assistant, where, ": no \"assistant\" message, so nothing to train on");
   Document doc;
   doc.source = where;
-  doc.segments = render_chat(messages, options.chat_template);
+  doc.segments = render_chat(messages, options.chat_format ? *options.chat_format
+                                                           : resolve_chat_format(options.chat_template, "", "", where),
+                             options.content_specials);
   return doc;
 }
 
@@ -327,7 +276,7 @@ std::vector<Document> read_documents(const std::vector<std::string>& files, cons
       if (text.empty()) continue;
       Document doc;
       doc.source = file;
-      doc.segments.push_back(Segment{Segment::Kind::text, std::move(text), Trained::yes});
+      doc.segments.push_back(Segment{Segment::Kind::text, std::move(text), Trained::yes, options.content_specials});
       docs.push_back(std::move(doc));
     } else {
       read_jsonl(file, options, docs);
@@ -344,32 +293,60 @@ Example tokenize_document(const Document& document, const Tokenizer& tokenizer, 
     ex.tokens.push_back(id);
     ex.train_mask.push_back(static_cast<uint8_t>(t));
   };
-  if (add_bos == AddBos::yes) {
-    LMTUNE_CHECK(tokenizer.bos_id() >= 0, "add_bos: the tokenizer has no <s> token");
-    push(tokenizer.bos_id(), Trained::no);
-  }
-  for (const Segment& seg : document.segments) {
-    switch (seg.kind) {
-      case Segment::Kind::text: {
-        const std::vector<int32_t> ids = tokenizer.encode(seg.text, AddBos::no, AddEos::no);
-        ex.tokens.insert(ex.tokens.end(), ids.begin(), ids.end());
-        ex.train_mask.insert(ex.train_mask.end(), ids.size(), static_cast<uint8_t>(seg.trained));
-        break;
+  const auto& segs = document.segments;
+  std::vector<TextPart> parts;
+  std::vector<Trained> part_trained;
+  std::vector<std::string> joined;  // SentencePiece: adjacent segments of one mark, joined
+  std::vector<uint32_t> part_of;
+  for (size_t i = 0; i < segs.size();) {
+    const Segment& seg = segs[i];
+    if (seg.kind != Segment::Kind::text) {
+      const bool bos = seg.kind == Segment::Kind::bos;
+      const int32_t id = bos ? tokenizer.bos_id() : tokenizer.eos_id();
+      LMTUNE_CHECK(id >= 0, document.source, ": the chat template needs the tokenizer's ", bos ? "BOS" : "EOS",
+                   " token, which it lacks");
+      push(id, seg.trained);
+      ++i;
+      continue;
+    }
+    // A run of text segments, encoded together.
+    size_t j = i;
+    while (j < segs.size() && segs[j].kind == Segment::Kind::text) ++j;
+    parts.clear();
+    part_trained.clear();
+    joined.clear();
+    if (tokenizer.family() == Tokenizer::Family::byte_level) {
+      for (size_t k = i; k < j; ++k) {
+        parts.push_back({segs[k].text, segs[k].specials});
+        part_trained.push_back(segs[k].trained);
       }
-      case Segment::Kind::bos:
-        LMTUNE_CHECK(tokenizer.bos_id() >= 0, document.source, ": the chat template needs <s>, which the tokenizer lacks");
-        push(tokenizer.bos_id(), seg.trained);
-        break;
-      case Segment::Kind::eos:
-        LMTUNE_CHECK(tokenizer.eos_id() >= 0, document.source, ": the chat template needs </s>, which the tokenizer lacks");
-        push(tokenizer.eos_id(), seg.trained);
-        break;
+    } else {
+      for (size_t k = i; k < j; ++k) {
+        if (k > i && segs[k].trained == segs[k - 1].trained) joined.back() += segs[k].text;
+        else joined.push_back(segs[k].text), part_trained.push_back(segs[k].trained);
+      }
+      for (const std::string& t : joined) parts.push_back({t, SpecialTokens::literal});
+    }
+    part_of.clear();
+    const size_t before = ex.tokens.size();
+    tokenizer.encode_parts(parts, ex.tokens, &part_of);
+    for (size_t k = before; k < ex.tokens.size(); ++k)
+      ex.train_mask.push_back(static_cast<uint8_t>(part_trained[part_of[k - before]]));
+    i = j;
+  }
+  if (add_bos == AddBos::yes) {
+    LMTUNE_CHECK(tokenizer.bos_id() >= 0, document.source, ": data.add_bos is true but the tokenizer has no BOS ",
+                 "token (Qwen models use none); set data.add_bos: false");
+    if (ex.tokens.empty() || ex.tokens.front() != tokenizer.bos_id()) {  // a template may have written it
+      ex.tokens.insert(ex.tokens.begin(), tokenizer.bos_id());
+      ex.train_mask.insert(ex.train_mask.begin(), 0);
+    } else {
+      ex.train_mask.front() = 0;
     }
   }
-  const bool ends_with_eos = !document.segments.empty() && document.segments.back().kind == Segment::Kind::eos;
-  if (add_eos == AddEos::yes && !ends_with_eos) {
-    LMTUNE_CHECK(tokenizer.eos_id() >= 0, "add_eos: the tokenizer has no </s> token");
-    push(tokenizer.eos_id(), Trained::yes);
+  if (add_eos == AddEos::yes) {
+    LMTUNE_CHECK(tokenizer.eos_id() >= 0, document.source, ": data.add_eos is true but the tokenizer has no EOS token");
+    if (ex.tokens.empty() || ex.tokens.back() != tokenizer.eos_id()) push(tokenizer.eos_id(), Trained::yes);
   }
   return ex;
 }
@@ -535,7 +512,8 @@ PackedDataset pack(const std::vector<Document>& docs, const DataOptions& options
 
 }  // namespace
 
-DataSplit load_data(const DataOptions& options, const Tokenizer& tokenizer) {
+DataSplit load_data(const DataOptions& given, const Tokenizer& tokenizer) {
+  DataOptions options = given;
   LMTUNE_CHECK(options.seq_len >= 1, "seq_len must be at least 1, got ", options.seq_len);
   LMTUNE_CHECK(options.validation_fraction >= 0.0 && options.validation_fraction < 1.0,
                "validation_fraction must be in [0, 1), got ", options.validation_fraction);
@@ -544,7 +522,11 @@ DataSplit load_data(const DataOptions& options, const Tokenizer& tokenizer) {
   LMTUNE_CHECK(int{!options.validation_files.empty()} + int{options.validation_fraction > 0.0} +
                        int{options.validation_every_nth > 0} <= 1,
                "set at most one of validation_files, validation_fraction and validation_every_nth");
-  if (options.format == DataFormat::chat) render_chat({}, options.chat_template);  // checks the name early
+  if (options.format == DataFormat::chat && !options.chat_format) {
+    const std::string bos = tokenizer.bos_id() >= 0 ? tokenizer.piece(tokenizer.bos_id()) : "";
+    options.chat_format = resolve_chat_format(options.chat_template, tokenizer.chat_template(), bos,
+                                              "the model's tokenizer_config.json");
+  }
   if (options.format == DataFormat::alpaca && !options.prompt_template.empty()) {
     LMTUNE_CHECK(options.prompt_template.find("{instruction}") != std::string::npos,
                  "prompt_template has no {instruction} placeholder");
@@ -582,6 +564,7 @@ DataSplit load_data(const DataOptions& options, const Tokenizer& tokenizer) {
   }
 
   DataSplit split;
+  split.chat_format = options.chat_format;
   split.train = pack(train_docs, options, tokenizer, options.shuffle);
   LMTUNE_CHECK(split.train.num_rows() > 0, "train data (", join_patterns(options.train_files),
                ") gives no row with a trained token (", train_docs.size(), " documents, ",

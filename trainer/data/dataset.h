@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "trainer/data/chat_template.h"
 #include "trainer/data/tokenizer.h"
 
 namespace lmtune {
@@ -19,7 +21,6 @@ enum class DataFormat {
 };
 enum class Packing { off, on };
 enum class Shuffle { off, on };
-enum class Trained : uint8_t { no = 0, yes = 1 };
 
 // Parses "text" / "alpaca" / "chat" (the config layer's spelling); an error lists the choices.
 DataFormat parse_data_format(const std::string& name);
@@ -39,20 +40,18 @@ struct DataOptions {
   // Alpaca prompt with {instruction} and {input} placeholders. Empty: Stanford Alpaca's two
   // templates (with input / without input).
   std::string prompt_template;
-  std::string chat_template = "chatml";  // "chatml" | "llama2" | "plain"
+  // "auto" (the model's declared template; chatml when it declares none) or a renderer name
+  // (chat_template.h). load_data resolves it into chat_format with the tokenizer.
+  std::string chat_template = "auto";
+  std::optional<ChatFormat> chat_format;
+  // Whether text in the data that spells a special token (<|eot_id|>) becomes that token
+  // (byte-level tokenizers; a chat template's own markup always does).
+  SpecialTokens content_specials = SpecialTokens::parse;
   Shuffle shuffle = Shuffle::on;         // shuffle the train rows (validation is never shuffled)
   uint64_t seed = 0;                     // validation_fraction split and row shuffling
 };
 
 // ---- documents ----
-
-// One piece of a document: text, or a special token of the tokenizer (llama2's <s> / </s>).
-struct Segment {
-  enum class Kind : uint8_t { text, bos, eos };
-  Kind kind = Kind::text;
-  std::string text;  // Kind::text only
-  Trained trained = Trained::no;
-};
 
 // One training example before tokenization: segments in order; `source` is "file" or
 // "file:line" (for messages).
@@ -74,14 +73,6 @@ extern const char* const kAlpacaPromptNoInput;
 std::string render_alpaca_prompt(const std::string& instruction, const std::string& input,
                                  const std::string& prompt_template);
 
-struct ChatMessage {
-  std::string role;  // "system" | "user" | "assistant"
-  std::string content;
-};
-// The segments of a conversation under a named template ("chatml", "llama2", "plain"); only
-// assistant content and its end marker are Trained::yes. Unknown template: an error.
-std::vector<Segment> render_chat(const std::vector<ChatMessage>& messages, const std::string& chat_template);
-
 // Reads the documents of `files` (already expanded). Text: one document per file, empty
 // files skipped. Alpaca / chat: one document per non-blank line; a malformed line is an
 // error naming the file and the 1-based line number.
@@ -94,8 +85,10 @@ struct Example {
   std::vector<uint8_t> train_mask;  // 1 where the token is a training target (predicted), else 0
 };
 
-// Each segment encoded on its own (no BOS/EOS), then BOS first (mask 0) and EOS last
-// (mask 1) as the options say.
+// The segments encoded (byte-level: as one text, each token masked as the segment its first
+// byte is in; SentencePiece: adjacent segments of the same mark joined, each encoded on its
+// own), then BOS first (mask 0) and EOS last (mask 1) as the options say, unless the
+// document already starts / ends with that token.
 Example tokenize_document(const Document& document, const Tokenizer& tokenizer, AddBos add_bos, AddEos add_eos);
 // All documents, in order, on a few threads.
 std::vector<Example> tokenize_documents(const std::vector<Document>& documents, const Tokenizer& tokenizer,
@@ -149,7 +142,8 @@ class PackedDataset {
 
 struct DataSplit {
   PackedDataset train;
-  PackedDataset validation;  // num_rows() == 0 when there is no validation data
+  PackedDataset validation;             // num_rows() == 0 when there is no validation data
+  std::optional<ChatFormat> chat_format;  // chat data: the template used
 };
 
 // The whole pipeline: expand patterns, read, split off validation (validation_files, or

@@ -1,203 +1,61 @@
-// SentencePiece-style BPE tokenizer — design note.
+// The Tokenizer — design note.
 //
-// Vocabulary: pieces_ holds every id's piece in SentencePiece/HF spelling ("▁" for space,
-// "<0xNN>" for the 256 byte-fallback tokens, "<unk>", "<s>", "</s>"), with a kind (normal,
-// unknown, control, byte). Only normal pieces are in normal_ids_, the map encode uses, so a
-// byte token or a control token is never produced by a lookup or a merge (llama2.c's
-// tokenizer.bin stores the byte tokens as the raw bytes, which collide with real pieces such
-// as " " or "!"; SentencePiece keeps them apart the same way).
+// One class for the two families of LLaMA-family tokenizers, chosen by the file:
+//   tokenizer.bin, or tokenizer.json whose model has byte_fallback and no ByteLevel
+//     pre-tokenizer  -> Family::sentencepiece (sentencepiece_bpe.cpp; written back by
+//     tokenizer_hf_json.cpp);
+//   tokenizer.json with a ByteLevel pre-tokenizer -> Family::byte_level (byte_level_bpe.cpp,
+//     which owns the vocabulary's bytes, merges, added tokens, normaliser and regexes; this
+//     class keeps the spellings and kinds every caller reads).
+// Everything a caller does — encode, encode_parts, decode, decode_token, piece/kind/score —
+// goes through this file, which dispatches on the family; the families differ where the real
+// tokenizers differ (documented per function in tokenizer.h): SentencePiece never parses
+// special tokens and encodes each part of a text on its own (a dummy prefix each);
+// byte-level parses them (unless told not to) and encodes the parts as one text.
 //
-// Encoding (exactly SentencePiece's BPE, bpe_model.cc): normalise (prepend "▁" when the
-// text is non-empty, every " " -> "▁"); split into UTF-8 characters (a malformed byte is a
-// character of its own); each character is a symbol in a doubly linked list over the
-// normalised string (a symbol is always a contiguous span of it). Every adjacent pair that
-// can merge goes into a max-heap keyed by its priority, ties to the leftmost pair:
-//   MergeMode::score (tokenizer.bin): the pair's concatenation must be a normal piece; the
-//     priority is that piece's score;
-//   MergeMode::rank (tokenizer.json): the (left id, right id) pair must be in merges; the
-//     priority is minus its rank.
-// Pop the best; skip it if stale (either symbol already merged away or grown — symbols only
-// grow, so "both alive, adjacent, lengths add up" proves the entry is current); merge; push
-// the two new neighbour pairs. O(n log n). To keep the heap small and reuse work, the text is
-// first cut between any two characters whose concatenation occurs inside no normal piece
-// (for LLaMA: before each "▁" that follows a non-space): no merged symbol can span such a
-// cut, so the segments encode independently with exactly the same result, and repeated
-// segments (words) are encoded once per call. Finally each symbol that is not a piece (a
-// character outside the vocabulary) becomes its bytes' <0xNN> tokens, or <unk> where a byte
-// token is missing. In rank mode (HF tokenizers' order) unknown characters become byte
-// tokens before merging, as HF does; merges never involve them in practice.
-//
-// Decoding: "▁" -> " "; runs of byte tokens are joined and emitted as UTF-8 (malformed
-// sequences become U+FFFD, as SentencePiece does); control tokens produce nothing; the one
-// leading space of the dummy prefix is dropped at the start of the sequence.
-//
-// tokenizer.json written by save_hf_json is what HF's LlamaConverter produces: BPE with
-// byte_fallback and fuse_unk, merges generated from the vocabulary (every split of a piece
-// into two pieces of the vocabulary is a merge; merges ordered by the merged piece's score,
-// highest first, then the parts' ids), the Prepend/Replace normaliser, no pre-tokenizer,
-// the Replace/ByteFallback/Fuse/Strip decoder and a TemplateProcessing that adds <s>.
+// tokenizer_config.json (from_model_dir) supplies what tokenizer.json lacks: for byte-level
+// tokenizers the BOS and EOS (bos_token / eos_token, as a string or {"content": ...}; a name
+// that is not a token is an error), and for both the chat template (chat_template, a string or
+// a list of {name, template} of which "default" is taken; chat_template.jinja wins when the
+// directory has one). Without the file a byte-level tokenizer takes BOS/EOS from its
+// TemplateProcessing post-processor, if any.
 #include "trainer/data/tokenizer.h"
-
-#include <algorithm>
-#include <cstring>
-#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
 #include "trainer/core/error.h"
+#include "trainer/data/byte_level_bpe.h"
+#include "trainer/data/sentencepiece_util.h"
 #include "trainer/io/file_util.h"
 
 namespace lmtune {
 
-namespace {
-
+using namespace sentencepiece;
 using nlohmann::json;
 
-constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581 "▁"
-constexpr std::string_view kUnkSurface = " \xE2\x81\x87 ";  // " ⁇ ", SentencePiece's default
+namespace {
 
-std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
-  std::string out;
-  out.reserve(s.size());
-  size_t i = 0;
-  while (true) {
-    const size_t j = s.find(from, i);
-    if (j == std::string_view::npos) break;
-    out.append(s.substr(i, j - i));
-    out.append(to);
-    i = j + from.size();
-  }
-  out.append(s.substr(i));
-  return out;
-}
-
-// Length of the UTF-8 character starting at s[i]; a malformed or truncated sequence counts
-// as one byte.
-size_t utf8_char_len(std::string_view s, size_t i) {
-  const auto lead = static_cast<uint8_t>(s[i]);
-  size_t n = 1;
-  if (lead >= 0xC2 && lead <= 0xDF) n = 2;
-  else if (lead >= 0xE0 && lead <= 0xEF) n = 3;
-  else if (lead >= 0xF0 && lead <= 0xF4) n = 4;
-  if (i + n > s.size()) return 1;
-  for (size_t k = 1; k < n; ++k)
-    if ((static_cast<uint8_t>(s[i + k]) & 0xC0) != 0x80) return 1;
-  return n;
-}
-
-// Appends bytes as UTF-8, replacing each malformed sequence's first byte with U+FFFD.
-void append_utf8_checked(std::string& out, std::string_view bytes) {
-  size_t i = 0;
-  while (i < bytes.size()) {
-    const size_t n = utf8_char_len(bytes, i);
-    const auto lead = static_cast<uint8_t>(bytes[i]);
-    if (n == 1 && lead >= 0x80) {
-      out.append("\xEF\xBF\xBD");
-    } else {
-      out.append(bytes.substr(i, n));
-    }
-    i += n;
-  }
-}
-
-std::string byte_piece(int b) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "<0x%02X>", b);
-  return buf;
-}
-
-// "<0xNN>" -> NN, or -1.
-int parse_byte_piece(std::string_view p) {
-  if (p.size() != 6 || p.substr(0, 3) != "<0x" || p[5] != '>') return -1;
-  auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  const int hi = hex(p[3]), lo = hex(p[4]);
-  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
-}
-
-// Does a tokenizer.bin piece stand for byte b? llama2.c files hold it as the raw byte, as
-// the UTF-8 of code point b (Meta's export), or as "<0xNN>" (sentencepiece export).
-bool is_llama2c_byte_piece(std::string_view p, int b) {
-  if (parse_byte_piece(p) == b) return true;
-  if (p.size() == 1 && static_cast<uint8_t>(p[0]) == b) return true;
-  if (b >= 0x80 && p.size() == 2 && static_cast<uint8_t>(p[0]) == (0xC0 | (b >> 6)) &&
-      static_cast<uint8_t>(p[1]) == (0x80 | (b & 0x3F)))
-    return true;
+bool has_byte_level_pre_tokenizer(const json& j) {
+  auto it = j.find("pre_tokenizer");
+  if (it == j.end() || !it->is_object()) return false;
+  if (it->value("type", "") == "ByteLevel") return true;
+  if (it->value("type", "") != "Sequence" || !it->contains("pretokenizers") || !(*it)["pretokenizers"].is_array())
+    return false;
+  for (const json& p : (*it)["pretokenizers"])
+    if (p.is_object() && p.value("type", "") == "ByteLevel") return true;
   return false;
-}
-
-template <typename T>
-T read_le(const std::string& s, size_t off) {
-  T v;
-  std::memcpy(&v, s.data() + off, sizeof(T));
-  return v;
 }
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------
-// Loading
-
-Tokenizer Tokenizer::from_llama2c(const std::filesystem::path& path, int64_t vocab_size) {
-  const std::string src = "tokenizer.bin " + path.string();
-  LMTUNE_CHECK(std::filesystem::exists(path), src, ": file not found");
-  const std::string data = read_file_to_string(path, "tokenizer.bin");
-  LMTUNE_CHECK(data.size() >= 4, src, ": truncated: ", data.size(), " bytes, too short for the header");
-  const int32_t max_len = read_le<int32_t>(data, 0);
-  LMTUNE_CHECK(max_len > 0, src, ": max_token_length ", max_len, " is not positive (not a llama2.c tokenizer?)");
-  Tokenizer t;
-  size_t off = 4;
-  std::vector<std::string> raw;
-  while (vocab_size < 0 ? off < data.size() : static_cast<int64_t>(raw.size()) < vocab_size) {
-    const size_t i = raw.size();
-    LMTUNE_CHECK(off + 8 <= data.size(), src, ": truncated at token ", i,
-                 vocab_size >= 0 ? " of " + std::to_string(vocab_size) : std::string(), " (offset ", off,
-                 ", file is ", data.size(), " bytes)");
-    const float score = read_le<float>(data, off);
-    const int32_t len = read_le<int32_t>(data, off + 4);
-    off += 8;
-    LMTUNE_CHECK(len >= 0, src, ": token ", i, " has negative length ", len);
-    LMTUNE_CHECK(static_cast<size_t>(len) <= data.size() - off, src, ": truncated at token ", i,
-                 vocab_size >= 0 ? " of " + std::to_string(vocab_size) : std::string(), " (length ", len,
-                 " at offset ", off, " runs past the end of the file, ", data.size(), " bytes)");
-    raw.emplace_back(data.data() + off, static_cast<size_t>(len));
-    t.scores_.push_back(score);
-    off += static_cast<size_t>(len);
-  }
-  LMTUNE_CHECK(off == data.size(), src, ": ", data.size() - off, " bytes left after the ", raw.size(),
-               " tokens of the vocabulary (does vocab_size match the model?)");
-  LMTUNE_CHECK(raw.size() >= 259, src, ": only ", raw.size(),
-               " tokens; a llama2.c vocabulary has <unk>, <s>, </s> and 256 byte tokens first");
-  const size_t n = raw.size();
-  t.pieces_.resize(n);
-  t.kinds_.assign(n, PieceKind::normal);
-  t.pieces_[0] = "<unk>";
-  t.kinds_[0] = PieceKind::unknown;
-  t.pieces_[1] = "<s>";
-  t.kinds_[1] = PieceKind::control;
-  t.pieces_[2] = "</s>";
-  t.kinds_[2] = PieceKind::control;
-  for (int b = 0; b < 256; ++b) {
-    LMTUNE_CHECK(is_llama2c_byte_piece(raw[3 + b], b), src, ": token ", 3 + b,
-                 " should be the byte-fallback token for byte ", b, " but is '", raw[3 + b], "'");
-    t.pieces_[3 + b] = byte_piece(b);
-    t.kinds_[3 + b] = PieceKind::byte;
-  }
-  for (size_t i = 259; i < n; ++i) t.pieces_[i] = replace_all(raw[i], " ", kSpace);
-  t.mode_ = MergeMode::score;
-  t.add_dummy_prefix_ = true;
-  t.finish_vocab(src);
-  return t;
-}
+// ---- loading ----
 
 Tokenizer Tokenizer::from_model_dir(const std::filesystem::path& dir) {
   const auto p = dir / "tokenizer.json";
   LMTUNE_CHECK(std::filesystem::exists(p), "model directory '", dir.string(), "' has no tokenizer.json");
-  return from_hf_json(p);
+  Tokenizer t = from_hf_json(p);
+  t.read_tokenizer_config(dir);
+  return t;
 }
 
 Tokenizer Tokenizer::from_hf_json(const std::filesystem::path& path) {
@@ -214,352 +72,141 @@ Tokenizer Tokenizer::from_hf_json(const std::filesystem::path& path) {
   const json& m = j["model"];
   const std::string type = m.contains("type") && m["type"].is_string() ? m["type"].get<std::string>() : "(none)";
   LMTUNE_CHECK(type == "BPE", src, ": model type '", type,
-               "' is not supported; lmtune reads SentencePiece-style BPE tokenizers with byte fallback "
-               "(model.type \"BPE\", as LLaMA, Llama-2 and TinyLlama use)");
-  const bool byte_fallback = m.contains("byte_fallback") && m["byte_fallback"].is_boolean() && m["byte_fallback"].get<bool>();
-  LMTUNE_CHECK(byte_fallback, src, ": model type 'BPE' without byte_fallback (a byte-level BPE such as GPT-2's or "
-               "Llama-3's) is not supported; lmtune reads SentencePiece-style BPE with byte fallback");
-  LMTUNE_CHECK(m.contains("vocab") && m["vocab"].is_object(), src, ": model.vocab is missing or not an object");
+               "' is not supported; lmtune reads BPE tokenizers: SentencePiece-style with byte fallback (LLaMA, "
+               "Llama-2, Mistral) and byte-level (Llama 3, Qwen)");
+  // The readers check what they use; a value of an unexpected JSON type deep inside still
+  // becomes one line naming the file, never a crash.
+  try {
+    if (has_byte_level_pre_tokenizer(j)) return from_byte_level_json(j, src);
+    const bool byte_fallback =
+        m.contains("byte_fallback") && m["byte_fallback"].is_boolean() && m["byte_fallback"].get<bool>();
+    LMTUNE_CHECK(byte_fallback, src, ": model type 'BPE' without byte_fallback and without a ByteLevel pre-tokenizer ",
+                 "is not supported; lmtune reads SentencePiece-style BPE with byte fallback and byte-level BPE");
+    return from_sentencepiece_json(j, src);
+  } catch (const json::exception& e) {
+    LMTUNE_THROW(src, ": unexpected structure: ", e.what());
+  }
+}
 
-  std::vector<std::pair<std::string, int64_t>> entries;
-  for (const auto& [piece, id] : m["vocab"].items()) {
-    LMTUNE_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0, src, ": model.vocab['", piece,
-                 "'] is not a non-negative integer id");
-    entries.emplace_back(piece, id.get<int64_t>());
-  }
-  struct Added {
-    std::string content;
-    int64_t id;
-    bool special;
-  };
-  std::vector<Added> added;
-  if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
-    for (const auto& a : j["added_tokens"]) {
-      LMTUNE_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
-                       a["content"].is_string(),
-                   src, ": added_tokens entry ", a.dump(), " needs an integer 'id' and a string 'content'");
-      added.push_back({a["content"].get<std::string>(), a["id"].get<int64_t>(),
-                       a.value("special", false)});
-      LMTUNE_CHECK(added.back().id >= 0, src, ": added token '", added.back().content, "' has a negative id");
-    }
-  }
-  int64_t n = 0;
-  for (const auto& e : entries) n = std::max(n, e.second + 1);
-  for (const auto& a : added) n = std::max(n, a.id + 1);
-  LMTUNE_CHECK(n > 0 && n < (int64_t{1} << 31), src, ": vocabulary size ", n, " is out of range");
+Tokenizer Tokenizer::from_byte_level_json(const json& j, const std::string& src) {
   Tokenizer t;
+  t.family_ = Family::byte_level;
+  auto model = std::make_shared<const ByteLevelBpe>(j, src);
+  const int32_t n = model->vocab_size();
   t.pieces_.resize(static_cast<size_t>(n));
   t.kinds_.assign(static_cast<size_t>(n), PieceKind::normal);
   t.scores_.assign(static_cast<size_t>(n), 0.0f);
-  std::vector<char> seen(static_cast<size_t>(n), 0);
-  for (const auto& [piece, id] : entries) {
-    LMTUNE_CHECK(!seen[id], src, ": id ", id, " is given to both '", t.pieces_[id], "' and '", piece, "'");
-    seen[id] = 1;
-    t.pieces_[id] = piece;
-    if (parse_byte_piece(piece) >= 0) t.kinds_[id] = PieceKind::byte;
+  for (int32_t i = 0; i < n; ++i) {
+    t.pieces_[i] = model->piece(i);
+    if (model->is_special(i)) t.kinds_[i] = PieceKind::control;
+    else if (model->is_added(i)) t.kinds_[i] = PieceKind::user_defined;
   }
-  for (const auto& a : added) {
-    LMTUNE_CHECK(!seen[a.id] || t.pieces_[a.id] == a.content, src, ": added token '", a.content, "' has id ", a.id,
-                 " which the vocabulary gives to '", t.pieces_[a.id], "'");
-    seen[a.id] = 1;
-    t.pieces_[a.id] = a.content;
-    if (a.special) t.kinds_[a.id] = PieceKind::control;
-  }
-  for (int64_t i = 0; i < n; ++i) LMTUNE_CHECK(seen[i], src, ": no token has id ", i, " (ids must be 0..", n - 1, ")");
-  if (m.contains("unk_token") && m["unk_token"].is_string()) {
-    const std::string unk = m["unk_token"].get<std::string>();
-    for (int64_t i = 0; i < n; ++i)
-      if (t.pieces_[i] == unk) {
-        t.kinds_[i] = PieceKind::unknown;
-        break;
-      }
-  }
-
-  // Merges: "a b" strings (tokenizers < 0.20) or ["a", "b"] pairs.
-  PieceMap all_ids;
-  for (int64_t i = 0; i < n; ++i) all_ids.emplace(t.pieces_[i], static_cast<int32_t>(i));
-  LMTUNE_CHECK(m.contains("merges") && m["merges"].is_array(), src, ": model.merges is missing or not an array");
-  const json& merges = m["merges"];
-  for (size_t r = 0; r < merges.size(); ++r) {
-    const json& mg = merges[r];
-    std::string a, b;
-    if (mg.is_string()) {
-      const std::string s = mg.get<std::string>();
-      const size_t sp = s.find(' ');
-      LMTUNE_CHECK(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos, src, ": merge ", r, " '", s,
-                   "' is not two pieces separated by one space");
-      a = s.substr(0, sp);
-      b = s.substr(sp + 1);
-    } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
-      a = mg[0].get<std::string>();
-      b = mg[1].get<std::string>();
-    } else {
-      LMTUNE_THROW(src, ": merge ", r, " ", mg.dump(), " is neither \"a b\" nor [\"a\", \"b\"]");
-    }
-    auto ia = all_ids.find(a), ib = all_ids.find(b), im = all_ids.find(a + b);
-    LMTUNE_CHECK(ia != all_ids.end() && ib != all_ids.end(), src, ": merge ", r, " ('", a, "', '", b,
-                 "') uses a piece that is not in the vocabulary");
-    LMTUNE_CHECK(im != all_ids.end(), src, ": merge ", r, " ('", a, "', '", b, "') makes '", a + b,
-                 "' which is not in the vocabulary");
-    const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) |
-                         static_cast<uint32_t>(ib->second);
-    t.merges_.emplace_back(ia->second, ib->second);
-    if (t.merge_ranks_.emplace(key, std::make_pair(static_cast<int32_t>(r), im->second)).second &&
-        t.scores_[im->second] == 0.0f)
-      t.scores_[im->second] = -static_cast<float>(r + 1);
-  }
-
-  // The dummy prefix: a Prepend("▁") normaliser, or a Metaspace pre-tokenizer that adds one.
-  bool prefix = false;
-  auto scan_normalizer = [&](const json& nz, auto& self) -> void {
-    if (!nz.is_object()) return;
-    const std::string ty = nz.value("type", "");
-    if (ty == "Prepend" && nz.value("prepend", "") == kSpace) prefix = true;
-    if (ty == "Sequence" && nz.contains("normalizers"))
-      for (const auto& x : nz["normalizers"]) self(x, self);
-  };
-  if (j.contains("normalizer")) scan_normalizer(j["normalizer"], scan_normalizer);
-  auto scan_pre = [&](const json& pt, auto& self) -> void {
-    if (!pt.is_object()) return;
-    const std::string ty = pt.value("type", "");
-    if (ty == "Metaspace") {
-      if (pt.contains("prepend_scheme") && pt["prepend_scheme"].is_string())
-        prefix = prefix || pt["prepend_scheme"].get<std::string>() != "never";
-      else
-        prefix = prefix || pt.value("add_prefix_space", true);
-    }
-    if (ty == "Sequence" && pt.contains("pretokenizers"))
-      for (const auto& x : pt["pretokenizers"]) self(x, self);
-  };
-  if (j.contains("pre_tokenizer")) scan_pre(j["pre_tokenizer"], scan_pre);
-  t.add_dummy_prefix_ = prefix;
+  t.bos_id_ = model->template_bos();
+  t.eos_id_ = model->template_eos();
+  t.byte_level_ = std::move(model);
   t.mode_ = MergeMode::rank;
-  t.finish_vocab(src);
+  t.add_dummy_prefix_ = false;
+  t.find_eot();
   return t;
 }
 
-void Tokenizer::finish_vocab(const std::string& src) {
-  byte_ids_.fill(-1);
-  normal_ids_.clear();
-  bos_id_ = eos_id_ = unk_id_ = -1;
-  const auto n = static_cast<int32_t>(pieces_.size());
-  for (int32_t i = 0; i < n; ++i) {
-    switch (kinds_[i]) {
-      case PieceKind::normal: normal_ids_.emplace(pieces_[i], i); break;  // first id wins
-      case PieceKind::byte: {
-        const int b = parse_byte_piece(pieces_[i]);
-        if (byte_ids_[b] < 0) byte_ids_[b] = i;
-        break;
+void Tokenizer::read_tokenizer_config(const std::filesystem::path& dir) {
+  const auto p = dir / "tokenizer_config.json";
+  if (std::filesystem::exists(p)) try {
+    const std::string src = "tokenizer_config.json " + p.string();
+    json c;
+    try {
+      c = json::parse(read_file_to_string(p, "tokenizer_config.json"));
+    } catch (const json::parse_error& e) {
+      LMTUNE_THROW(src, ": not valid JSON: ", e.what());
+    }
+    LMTUNE_CHECK(c.is_object(), src, ": expected a JSON object");
+    // A token name: "..." or {"content": "...", ...} (AddedToken); null means none.
+    auto token_name = [&](const char* key) -> std::optional<std::string> {
+      auto it = c.find(key);
+      if (it == c.end() || it->is_null()) return std::nullopt;
+      if (it->is_string()) return it->get<std::string>();
+      if (it->is_object() && it->contains("content") && (*it)["content"].is_string())
+        return (*it)["content"].get<std::string>();
+      LMTUNE_THROW(src, ": key '", key, "' must be a string or an object with 'content', got ", it->dump());
+    };
+    if (family_ == Family::byte_level) {
+      for (auto [key, id] : {std::pair{"bos_token", &bos_id_}, std::pair{"eos_token", &eos_id_}}) {
+        auto it = c.find(key);
+        if (it == c.end()) continue;  // keep what tokenizer.json says
+        const auto name = token_name(key);
+        if (!name) {
+          *id = -1;
+          continue;
+        }
+        const int32_t found = byte_level_->find(*name);
+        LMTUNE_CHECK(found >= 0, src, ": ", key, " '", *name, "' is not a token of tokenizer.json");
+        *id = found;
       }
-      case PieceKind::unknown:
-        if (unk_id_ < 0) unk_id_ = i;
-        break;
-      case PieceKind::control:
-        if (pieces_[i] == "<s>" && bos_id_ < 0) bos_id_ = i;
-        if (pieces_[i] == "</s>" && eos_id_ < 0) eos_id_ = i;
-        break;
     }
-  }
-  // Adjacent-character pairs inside normal pieces (see encode). Segmenting is exact when
-  // every merge result is a normal piece spelled as its parts' text: always in score mode;
-  // in rank mode unless some merge involves a byte, control or unknown token.
-  bigrams_.clear();
-  for (int32_t i = 0; i < n; ++i) {
-    if (kinds_[i] != PieceKind::normal) continue;
-    const std::string_view p = pieces_[i];
-    size_t a = 0;
-    if (p.empty()) continue;
-    size_t b = utf8_char_len(p, 0);
-    while (b < p.size()) {
-      const size_t len = utf8_char_len(p, b);
-      bigrams_.emplace(p.substr(a, b + len - a));
-      a = b;
-      b += len;
-    }
-  }
-  segmentable_ = true;
-  if (mode_ == MergeMode::rank)
-    for (const auto& [l, r] : merges_)
-      if (kinds_[l] != PieceKind::normal || kinds_[r] != PieceKind::normal) segmentable_ = false;
-  for (const auto& [key, rank_merged] : merge_ranks_)
-    if (kinds_[rank_merged.second] != PieceKind::normal) segmentable_ = false;
-
-  int missing = 0;
-  for (int b = 0; b < 256; ++b) missing += byte_ids_[b] < 0;
-  LMTUNE_CHECK(missing == 0 || unk_id_ >= 0, src, ": ", missing,
-               " byte-fallback tokens <0xNN> are missing and there is no <unk> token to stand in for them");
-}
-
-// ---------------------------------------------------------------------------------------
-// Encoding
-
-namespace {
-
-struct Symbol {
-  uint32_t begin, len;
-  int32_t id;  // -1: a character outside the vocabulary (score mode)
-  int32_t prev, next;
-};
-
-struct Cand {
-  double priority;
-  uint32_t begin;
-  uint32_t len;
-  int32_t left, right, merged;
-};
-
-struct CandWorse {
-  bool operator()(const Cand& a, const Cand& b) const {
-    return a.priority != b.priority ? a.priority < b.priority : a.begin > b.begin;
-  }
-};
-
-}  // namespace
-
-// Scratch buffers reused across the segments of one encode() call.
-struct Tokenizer::EncodeScratch {
-  std::vector<Symbol> sym;
-  std::vector<Cand> heap;
-};
-
-void Tokenizer::encode_segment(std::string_view ns, EncodeScratch& scratch, std::vector<int32_t>& out) const {
-  std::vector<Symbol>& sym = scratch.sym;
-  std::vector<Cand>& heap = scratch.heap;
-  sym.clear();
-  heap.clear();
-  for (size_t i = 0; i < ns.size();) {
-    const size_t len = utf8_char_len(ns, i);
-    auto it = normal_ids_.find(ns.substr(i, len));
-    const int32_t id = it == normal_ids_.end() ? -1 : it->second;
-    if (id < 0 && mode_ == MergeMode::rank) {
-      for (size_t k = 0; k < len; ++k) {
-        const int32_t bid = byte_ids_[static_cast<uint8_t>(ns[i + k])];
-        sym.push_back({static_cast<uint32_t>(i + k), 1, bid >= 0 ? bid : unk_id_, 0, 0});
-      }
-    } else {
-      sym.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(len), id, 0, 0});
-    }
-    i += len;
-  }
-  const auto count = static_cast<int32_t>(sym.size());
-  for (int32_t k = 0; k < count; ++k) {
-    sym[k].prev = k - 1;
-    sym[k].next = k + 1 < count ? k + 1 : -1;
-  }
-
-  const CandWorse worse;
-  auto try_pair = [&](int32_t l, int32_t r) {
-    if (l < 0 || r < 0) return;
-    const Symbol& a = sym[l];
-    const Symbol& b = sym[r];
-    if (mode_ == MergeMode::score) {
-      auto it = normal_ids_.find(ns.substr(a.begin, a.len + b.len));
-      if (it == normal_ids_.end()) return;
-      heap.push_back({scores_[it->second], a.begin, a.len + b.len, l, r, it->second});
-    } else {
-      if (a.id < 0 || b.id < 0) return;
-      const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(a.id)) << 32) | static_cast<uint32_t>(b.id);
-      auto it = merge_ranks_.find(key);
-      if (it == merge_ranks_.end()) return;
-      heap.push_back({-static_cast<double>(it->second.first), a.begin, a.len + b.len, l, r, it->second.second});
-    }
-    std::push_heap(heap.begin(), heap.end(), worse);
-  };
-  for (int32_t k = 0; k + 1 < count; ++k) try_pair(k, k + 1);
-
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), worse);
-    const Cand c = heap.back();
-    heap.pop_back();
-    Symbol& a = sym[c.left];
-    Symbol& b = sym[c.right];
-    if (a.len == 0 || b.len == 0 || a.next != c.right || a.len + b.len != c.len) continue;  // stale
-    a.len += b.len;
-    a.id = c.merged;
-    a.next = b.next;
-    if (b.next >= 0) sym[b.next].prev = c.left;
-    b.len = 0;
-    try_pair(a.prev, c.left);
-    try_pair(c.left, a.next);
-  }
-
-  for (int32_t k = count > 0 ? 0 : -1; k >= 0; k = sym[k].next) {
-    const Symbol& sy = sym[k];
-    if (sy.id >= 0) {
-      out.push_back(sy.id);
-      continue;
-    }
-    for (uint32_t q = 0; q < sy.len; ++q) {
-      const int32_t bid = byte_ids_[static_cast<uint8_t>(ns[sy.begin + q])];
-      if (bid >= 0) {
-        out.push_back(bid);
+    if (auto it = c.find("chat_template"); it != c.end() && !it->is_null()) {
+      if (it->is_string()) {
+        chat_template_ = it->get<std::string>();
+      } else if (it->is_array()) {
+        for (const json& e : *it)
+          if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+            chat_template_ = e["template"].get<std::string>();
+        LMTUNE_CHECK(!chat_template_.empty(), src, ": chat_template is a list without a \"default\" template");
       } else {
-        out.push_back(unk_id_);
-        break;  // fuse_unk: one <unk> for the character
+        LMTUNE_THROW(src, ": chat_template must be a string or a list of {name, template}, got ", it->type_name());
       }
+    }
+  } catch (const json::exception& e) {
+    LMTUNE_THROW("tokenizer_config.json ", p.string(), ": unexpected structure: ", e.what());
+  }
+  const auto jinja = dir / "chat_template.jinja";
+  if (std::filesystem::exists(jinja)) chat_template_ = read_file_to_string(jinja, "chat_template.jinja");
+}
+
+void Tokenizer::find_eot() {
+  eot_id_ = -1;
+  for (const char* name : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>"}) {
+    const int32_t id = family_ == Family::byte_level ? byte_level_->find(name) : -1;
+    if (id >= 0 && kinds_[id] == PieceKind::control) {
+      eot_id_ = id;
+      return;
     }
   }
 }
+
+// ---- encoding ----
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, AddBos add_bos, AddEos add_eos) const {
-  std::vector<int32_t> out;
-  if (add_bos == AddBos::yes) {
-    LMTUNE_CHECK(bos_id_ >= 0, "encode: this tokenizer has no <s> token to add");
-    out.push_back(bos_id_);
-  }
-  if (!text.empty()) {
-    // Normalise.
-    std::string norm;
-    norm.reserve(text.size() + text.size() / 4 + 3);
-    if (add_dummy_prefix_) norm.append(kSpace);
-    for (char c : text) {
-      if (c == ' ') norm.append(kSpace);
-      else norm.push_back(c);
-    }
-    LMTUNE_CHECK(norm.size() < UINT32_MAX, "encode: text of ", text.size(), " bytes is too long (limit 4 GiB)");
-    const std::string_view ns(norm);
-    out.reserve(out.size() + norm.size() / 3 + 2);
+  return encode(text, SpecialTokens::parse, add_bos, add_eos);
+}
 
-    // Cut the text between two characters whose concatenation occurs in no piece: no
-    // merged symbol can ever span such a cut, so the segments encode independently (and
-    // identical segments identically — they are cached for this call).
-    EncodeScratch scratch;
-    std::unordered_map<std::string_view, std::pair<size_t, size_t>> cache;  // segment -> range in out
-    auto emit = [&](std::string_view seg) {
-      if (auto it = cache.find(seg); it != cache.end()) {
-        for (size_t k = 0; k < it->second.second; ++k) out.push_back(out[it->second.first + k]);
-        return;
-      }
-      const size_t before = out.size();
-      encode_segment(seg, scratch, out);
-      if (seg.size() <= 64) cache.emplace(seg, std::make_pair(before, out.size() - before));
-    };
-    if (!segmentable_) {
-      encode_segment(ns, scratch, out);
-    } else {
-      size_t seg_begin = 0, prev_char = 0;
-      size_t i = utf8_char_len(ns, 0);
-      while (i < ns.size()) {
-        const size_t len = utf8_char_len(ns, i);
-        if (!bigrams_.count(ns.substr(prev_char, i + len - prev_char))) {
-          emit(ns.substr(seg_begin, i - seg_begin));
-          seg_begin = i;
-        }
-        prev_char = i;
-        i += len;
-      }
-      emit(ns.substr(seg_begin));
-    }
-  }
-  if (add_eos == AddEos::yes) {
-    LMTUNE_CHECK(eos_id_ >= 0, "encode: this tokenizer has no </s> token to add");
-    out.push_back(eos_id_);
-  }
+std::vector<int32_t> Tokenizer::encode(std::string_view text, SpecialTokens specials, AddBos add_bos,
+                                       AddEos add_eos) const {
+  std::vector<int32_t> out;
+  if (add_bos == AddBos::yes && bos_id_ >= 0) out.push_back(bos_id_);
+  const TextPart part{text, specials};
+  encode_parts(std::span<const TextPart>(&part, 1), out);
+  if (add_eos == AddEos::yes && eos_id_ >= 0) out.push_back(eos_id_);
   return out;
 }
 
-// ---------------------------------------------------------------------------------------
-// Decoding
+void Tokenizer::encode_parts(std::span<const TextPart> parts, std::vector<int32_t>& ids,
+                             std::vector<uint32_t>* part_of) const {
+  if (family_ == Family::byte_level) {
+    std::vector<ByteLevelBpe::Part> p;
+    p.reserve(parts.size());
+    for (const TextPart& t : parts) p.push_back({t.text, t.specials});
+    byte_level_->encode(p, ids, part_of);
+    return;
+  }
+  for (uint32_t k = 0; k < parts.size(); ++k) {
+    const size_t before = ids.size();
+    encode_sentencepiece(parts[k].text, ids);
+    if (part_of != nullptr) part_of->insert(part_of->end(), ids.size() - before, k);
+  }
+}
+
+// ---- decoding ----
 
 const std::string& Tokenizer::piece(int32_t id) const {
   LMTUNE_CHECK(id >= 0 && id < vocab_size(), "token id ", id, " is out of range [0, ", vocab_size(), ")");
@@ -577,6 +224,7 @@ Tokenizer::PieceKind Tokenizer::kind(int32_t id) const {
 }
 
 int32_t Tokenizer::piece_id(std::string_view p) const {
+  if (family_ == Family::byte_level) return byte_level_->find(p);
   auto it = normal_ids_.find(p);
   return it == normal_ids_.end() ? -1 : it->second;
 }
@@ -589,6 +237,13 @@ void Tokenizer::append_piece_text(std::string& out, int32_t id, bool strip_leadi
 
 std::string Tokenizer::decode(std::span<const int32_t> ids) const {
   std::string out;
+  if (family_ == Family::byte_level) {
+    for (int32_t id : ids) {
+      LMTUNE_CHECK(id >= 0 && id < vocab_size(), "decode: token id ", id, " is out of range [0, ", vocab_size(), ")");
+      out.append(byte_level_->bytes(id));
+    }
+    return out;
+  }
   std::string bytes;
   bool at_start = true;
   for (int32_t id : ids) {
@@ -613,6 +268,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
 
 std::string Tokenizer::decode_token(int32_t prev_id, int32_t id) const {
   LMTUNE_CHECK(id >= 0 && id < vocab_size(), "decode_token: token id ", id, " is out of range [0, ", vocab_size(), ")");
+  if (family_ == Family::byte_level) return std::string(byte_level_->bytes(id));
   const PieceKind k = kinds_[id];
   if (k == PieceKind::control) return {};
   if (k == PieceKind::byte) return std::string(1, static_cast<char>(parse_byte_piece(pieces_[id])));
@@ -620,128 +276,6 @@ std::string Tokenizer::decode_token(int32_t prev_id, int32_t id) const {
   const bool at_start = prev_id < 0 || (prev_id == bos_id_ && bos_id_ >= 0);
   append_piece_text(out, id, at_start && add_dummy_prefix_);
   return out;
-}
-
-// ---------------------------------------------------------------------------------------
-// tokenizer.json
-
-std::vector<std::pair<int32_t, int32_t>> Tokenizer::generate_merges() const {
-  // As transformers' SentencePieceExtractor: vocab = {piece: id} over every piece.
-  PieceMap vocab;
-  for (int32_t i = 0; i < vocab_size(); ++i) vocab[pieces_[i]] = i;  // a later id wins, as in a Python dict
-  struct M {
-    float score;
-    int32_t l, r;
-  };
-  std::vector<M> merges;
-  std::vector<M> local;
-  for (int32_t i = 0; i < vocab_size(); ++i) {
-    const std::string_view p = pieces_[i];
-    local.clear();
-    for (size_t cut = utf8_char_len(p, 0); cut < p.size(); cut += utf8_char_len(p, cut)) {
-      auto il = vocab.find(p.substr(0, cut));
-      if (il == vocab.end()) continue;
-      auto ir = vocab.find(p.substr(cut));
-      if (ir == vocab.end()) continue;
-      local.push_back({scores_[i], il->second, ir->second});
-    }
-    std::sort(local.begin(), local.end(), [](const M& a, const M& b) { return a.l != b.l ? a.l < b.l : a.r < b.r; });
-    merges.insert(merges.end(), local.begin(), local.end());
-  }
-  std::stable_sort(merges.begin(), merges.end(), [](const M& a, const M& b) { return a.score > b.score; });
-  std::vector<std::pair<int32_t, int32_t>> out;
-  out.reserve(merges.size());
-  for (const M& m : merges) out.emplace_back(m.l, m.r);
-  return out;
-}
-
-void Tokenizer::save_hf_json(const std::filesystem::path& path) const {
-  using ojson = nlohmann::ordered_json;
-  const std::string space(kSpace);
-  ojson j;
-  j["version"] = "1.0";
-  j["truncation"] = nullptr;
-  j["padding"] = nullptr;
-  ojson added = ojson::array();
-  for (int32_t i = 0; i < vocab_size(); ++i) {
-    if (kinds_[i] != PieceKind::control && kinds_[i] != PieceKind::unknown) continue;
-    added.push_back({{"id", i},
-                     {"content", pieces_[i]},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", true}});
-  }
-  j["added_tokens"] = added;
-  ojson replace_space = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", space}};
-  if (add_dummy_prefix_) {
-    j["normalizer"] = {{"type", "Sequence"},
-                       {"normalizers", ojson::array({ojson{{"type", "Prepend"}, {"prepend", space}}, replace_space})}};
-  } else {
-    j["normalizer"] = replace_space;
-  }
-  j["pre_tokenizer"] = nullptr;
-  if (bos_id_ >= 0) {
-    const std::string bos = pieces_[bos_id_];
-    auto special = [&](int type_id) { return ojson{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}}; };
-    auto seq = [](const char* id, int type_id) { return ojson{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
-    j["post_processor"] = {
-        {"type", "TemplateProcessing"},
-        {"single", ojson::array({special(0), seq("A", 0)})},
-        {"pair", ojson::array({special(0), seq("A", 0), special(1), seq("B", 1)})},
-        {"special_tokens", {{bos, {{"id", bos}, {"ids", ojson::array({bos_id_})}, {"tokens", ojson::array({bos})}}}}}};
-  } else {
-    j["post_processor"] = nullptr;
-  }
-  ojson decoders = ojson::array();
-  decoders.push_back({{"type", "Replace"}, {"pattern", {{"String", space}}}, {"content", " "}});
-  decoders.push_back({{"type", "ByteFallback"}});
-  decoders.push_back({{"type", "Fuse"}});
-  if (add_dummy_prefix_) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
-  j["decoder"] = {{"type", "Sequence"}, {"decoders", decoders}};
-
-  ojson model;
-  model["type"] = "BPE";
-  model["dropout"] = nullptr;
-  model["unk_token"] = unk_id_ >= 0 ? ojson(pieces_[unk_id_]) : ojson(nullptr);
-  model["continuing_subword_prefix"] = nullptr;
-  model["end_of_word_suffix"] = nullptr;
-  model["fuse_unk"] = true;
-  model["byte_fallback"] = true;
-  model["ignore_merges"] = false;
-  // ordered_json's object lookups are linear: check uniqueness with a hash map and append
-  // to the underlying vector directly (in id order, as HF writes it).
-  ojson vocab = ojson::object();
-  {
-    PieceMap seen;
-    auto& obj = vocab.get_ref<ojson::object_t&>();
-    obj.reserve(pieces_.size());
-    for (int32_t i = 0; i < vocab_size(); ++i) {
-      auto [it, fresh] = seen.emplace(pieces_[i], i);
-      LMTUNE_CHECK(fresh, "cannot write tokenizer.json ", path.string(), ": piece '", pieces_[i],
-                   "' appears twice (ids ", it->second, " and ", i, ")");
-      obj.ojson::object_t::Container::emplace_back(pieces_[i], ojson(i));
-    }
-  }
-  model["vocab"] = std::move(vocab);
-  const auto merges = mode_ == MergeMode::rank ? merges_ : generate_merges();
-  bool any_space = false;
-  for (const auto& p : pieces_) any_space = any_space || p.find(' ') != std::string::npos;
-  ojson jm = ojson::array();
-  for (const auto& [l, r] : merges) {
-    if (any_space) jm.push_back(ojson::array({pieces_[l], pieces_[r]}));
-    else jm.push_back(pieces_[l] + " " + pieces_[r]);
-  }
-  model["merges"] = std::move(jm);
-  j["model"] = std::move(model);
-  std::string text;
-  try {
-    text = j.dump(2);
-  } catch (const nlohmann::json::type_error& e) {
-    LMTUNE_THROW("cannot write tokenizer.json ", path.string(), ": ", e.what(), " (a piece is not valid UTF-8)");
-  }
-  write_file_atomic(path, text + "\n");
 }
 
 }  // namespace lmtune

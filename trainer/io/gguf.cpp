@@ -23,14 +23,10 @@
 // for linear RoPE scaling rope.scaling.type "linear" and rope.scaling.factor,
 // general.file_type, ARCH.vocab_size, rope.dimension_count (head_dim),
 // general.quantization_version 2, general.alignment 32 (written although it is the default,
-// so the file says what it relies on), then the tokenizer: tokenizer.ggml.model "llama" and
-// pre "default", tokens (SentencePiece spelling: "▁", "<0xNN>"), scores (f32), token_type
-// (i32: 1 normal, 2 unknown, 3 control, 6 byte, 5 unused for [PADn] fillers when config's
-// vocab_size exceeds the tokenizer's), bos/eos/unknown ids (u32), add_bos_token true,
-// add_eos_token false. Scores are Tokenizer::score: llama.cpp's SentencePiece tokenizer
-// merges the highest-scoring piece first, and for tokenizer.json our score is minus the
-// merge rank, so llama.cpp's merges follow HF's ranks. (The converter's LlamaHfVocab path
-// writes -1000 for every token, which breaks that order; we don't copy it.)
+// so the file says what it relies on), then the tokenizer (trainer/io/gguf_vocab.h):
+// tokenizer.ggml.model "llama" (SentencePiece) or "gpt2" (byte-level BPE, with its merges
+// and llama.cpp's name for the pre-tokenizer), tokens, scores (SentencePiece), token types,
+// BOS/EOS/EOT/unknown ids, add_bos_token, add_eos_token.
 //
 // Tensors: token_embd, blk.{i}.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm,
 // ffn_gate, ffn_up, ffn_down} (+ attn_{q,k,v,output}.bias when present; + attn_q_norm and
@@ -72,6 +68,7 @@
 #include "trainer/core/dtype.h"
 #include "trainer/core/error.h"
 #include "trainer/data/tokenizer.h"
+#include "trainer/io/gguf_vocab.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/config.h"
 #include "trainer/model/rope.h"
@@ -88,8 +85,6 @@ constexpr uint32_t kQuantizationVersion = 2;  // GGML_QNT_VERSION
 
 uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
-// llama.cpp's token types (llama_token_type / gguf.TokenType).
-enum class TokenType : int32_t { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
 
 }  // namespace
 
@@ -385,8 +380,6 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
 
   const SafeTensorsReader st = SafeTensorsReader::open(hf_dir);
   const Tokenizer tok = Tokenizer::from_model_dir(hf_dir);
-  LMTUNE_CHECK(tok.vocab_size() <= cfg.vocab_size, src, ": tokenizer.json has ", tok.vocab_size(),
-               " tokens, more than config.json vocab_size ", cfg.vocab_size);
 
   // ---- plan the tensors ----
   const int64_t C = cfg.hidden_size, H = cfg.intermediate_size, V = cfg.vocab_size, kv = cfg.kv_dim();
@@ -468,27 +461,7 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   }
 
   // ---- vocabulary ----
-  std::vector<std::string> tokens;
-  std::vector<float> scores;
-  std::vector<int32_t> token_types;
-  tokens.reserve(static_cast<size_t>(V));
-  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
-    tokens.push_back(tok.piece(id));
-    scores.push_back(tok.score(id));
-    TokenType tt = TokenType::normal;
-    switch (tok.kind(id)) {
-      case Tokenizer::PieceKind::normal: tt = TokenType::normal; break;
-      case Tokenizer::PieceKind::unknown: tt = TokenType::unknown; break;
-      case Tokenizer::PieceKind::control: tt = TokenType::control; break;
-      case Tokenizer::PieceKind::byte: tt = TokenType::byte; break;
-    }
-    token_types.push_back(static_cast<int32_t>(tt));
-  }
-  for (int64_t id = tok.vocab_size(); id < V; ++id) {  // as the converter pads a short vocabulary
-    tokens.push_back("[PAD" + std::to_string(id) + "]");
-    scores.push_back(-1000.0f);
-    token_types.push_back(static_cast<int32_t>(TokenType::unused));
-  }
+  const GgufVocab vocab = gguf_vocab(tok, cfg, src);
 
   // ---- header ----
   std::string name = hf_dir.filename().string();
@@ -518,20 +491,18 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
   kvs.kv_u32(arch + ".rope.dimension_count", static_cast<uint64_t>(D));
   kvs.kv_u32("general.quantization_version", kQuantizationVersion);
   kvs.kv_u32("general.alignment", kAlignment);
-  kvs.kv_str("tokenizer.ggml.model", "llama");
-  kvs.kv_str("tokenizer.ggml.pre", "default");
-  kvs.kv_str_array("tokenizer.ggml.tokens", tokens);
-  kvs.kv_f32_array("tokenizer.ggml.scores", scores);
-  kvs.kv_i32_array("tokenizer.ggml.token_type", token_types);
-  const int64_t bos = tok.bos_id() >= 0 ? tok.bos_id() : cfg.bos_token_id;
-  const int64_t eos = tok.eos_id() >= 0 ? tok.eos_id() : cfg.eos_token_id;
-  LMTUNE_CHECK(bos >= 0 && bos < V && eos >= 0 && eos < V, src, ": BOS/EOS ids ", bos, "/", eos,
-               " are outside the vocabulary of ", V);
-  kvs.kv_u32("tokenizer.ggml.bos_token_id", static_cast<uint64_t>(bos));
-  kvs.kv_u32("tokenizer.ggml.eos_token_id", static_cast<uint64_t>(eos));
-  if (tok.unk_id() >= 0) kvs.kv_u32("tokenizer.ggml.unknown_token_id", static_cast<uint64_t>(tok.unk_id()));
-  kvs.kv_bool("tokenizer.ggml.add_bos_token", true);
-  kvs.kv_bool("tokenizer.ggml.add_eos_token", false);
+  kvs.kv_str("tokenizer.ggml.model", vocab.model);
+  kvs.kv_str("tokenizer.ggml.pre", vocab.pre);
+  kvs.kv_str_array("tokenizer.ggml.tokens", vocab.tokens);
+  if (!vocab.scores.empty()) kvs.kv_f32_array("tokenizer.ggml.scores", vocab.scores);
+  kvs.kv_i32_array("tokenizer.ggml.token_type", vocab.token_types);
+  if (!vocab.merges.empty()) kvs.kv_str_array("tokenizer.ggml.merges", vocab.merges);
+  kvs.kv_u32("tokenizer.ggml.bos_token_id", static_cast<uint64_t>(vocab.bos));
+  kvs.kv_u32("tokenizer.ggml.eos_token_id", static_cast<uint64_t>(vocab.eos));
+  if (vocab.eot >= 0) kvs.kv_u32("tokenizer.ggml.eot_token_id", static_cast<uint64_t>(vocab.eot));
+  if (vocab.unk >= 0) kvs.kv_u32("tokenizer.ggml.unknown_token_id", static_cast<uint64_t>(vocab.unk));
+  kvs.kv_bool("tokenizer.ggml.add_bos_token", vocab.add_bos);
+  kvs.kv_bool("tokenizer.ggml.add_eos_token", vocab.add_eos);
 
   HeaderBuilder head;
   head.raw("GGUF", 4);

@@ -45,7 +45,7 @@ const std::vector<SectionSchema>& schema() {
       {"method.lora", {"rank", "alpha", "dropout", "rslora", "target_modules", "init_from"}},
       {"data",
        {"format", "train_files", "validation_files", "validation_split", "seq_len", "packing", "add_bos",
-        "add_eos", "prompt_template", "chat_template", "shuffle", "seed"}},
+        "add_eos", "prompt_template", "chat_template", "parse_special_tokens", "shuffle", "seed"}},
       {"data.validation_split", {"every_nth", "fraction"}},
       {"train",
        {"max_steps", "epochs", "micro_batch_size", "grad_accum_steps", "lr", "min_lr_ratio", "weight_decay",
@@ -111,7 +111,8 @@ constexpr EnumEntry<LoraTarget> kLoraTargets[] = {
 constexpr EnumEntry<DataFormat> kDataFormats[] = {
     {"text", DataFormat::text}, {"alpaca", DataFormat::alpaca}, {"chat", DataFormat::chat}};
 constexpr EnumEntry<ChatTemplate> kChatTemplates[] = {
-    {"chatml", ChatTemplate::chatml}, {"llama2", ChatTemplate::llama2}, {"plain", ChatTemplate::plain}};
+    {"auto", ChatTemplate::auto_detect}, {"llama3", ChatTemplate::llama3}, {"qwen3", ChatTemplate::qwen3},
+    {"chatml", ChatTemplate::chatml},    {"llama2", ChatTemplate::llama2}, {"plain", ChatTemplate::plain}};
 constexpr EnumEntry<LrSchedule> kSchedules[] = {
     {"cosine", LrSchedule::cosine}, {"linear", LrSchedule::linear}, {"constant", LrSchedule::constant}};
 constexpr EnumEntry<Recompute> kRecompute[] = {
@@ -713,6 +714,7 @@ void read_data(Context& ctx, const YAML::Node& node, DataSection& d) {
   if (read_string(s, "prompt_template", d.prompt_template, "a string with {instruction} (or \"\" for the default)"))
     check_prompt_template(s, d.prompt_template);
   read_enum(s, "chat_template", d.chat_template, kChatTemplates);
+  read_bool(s, "parse_special_tokens", d.parse_special_tokens);
   read_bool(s, "shuffle", d.shuffle);
   read_uint(s, "seed", d.seed);
 }
@@ -1077,6 +1079,7 @@ std::string to_yaml(const TrainConfig& c) {
   w.boolean(2, "add_eos", d.add_eos);
   w.str(2, "prompt_template", d.prompt_template);
   w.raw(2, "chat_template", std::string(to_string(d.chat_template)));
+  w.boolean(2, "parse_special_tokens", d.parse_special_tokens);
   w.boolean(2, "shuffle", d.shuffle);
   w.integer(2, "seed", static_cast<int64_t>(d.seed));
 

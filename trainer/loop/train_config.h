@@ -41,7 +41,7 @@ namespace lmtune {
 enum class MethodType { lora, full };
 // The linear layers of a LLaMA block LoRA can adapt (PEFT's q_proj ... down_proj).
 enum class LoraTarget { q, k, v, o, gate, up, down };
-enum class ChatTemplate { llama2, chatml, plain };
+enum class ChatTemplate { auto_detect, llama3, qwen3, chatml, llama2, plain };  // YAML: auto | llama3 | ...
 enum class LrSchedule { cosine, linear, constant };
 enum class Recompute { none, full, selective };
 enum class Offload { none, optimizer, params };
@@ -104,7 +104,13 @@ struct DataSection {
   // appended after it (and is what the loss is taken on). Empty: Stanford Alpaca's two
   // templates (with input / without input), as the data pipeline renders them.
   std::string prompt_template;
-  ChatTemplate chat_template = ChatTemplate::chatml;  // chat
+  // chat: auto (the model's declared template, chatml when it declares none) or a built-in
+  // renderer (trainer/data/chat_template.h).
+  ChatTemplate chat_template = ChatTemplate::auto_detect;
+  // Text in the data that spells a special token (<|eot_id|>) becomes that token (true, as HF
+  // tokenizers do) or stays text (false, so data cannot inject control tokens). Byte-level
+  // tokenizers; SentencePiece ones never parse special tokens.
+  bool parse_special_tokens = true;
   bool shuffle = true;
   uint64_t seed = 0;
   bool operator==(const DataSection&) const = default;

@@ -71,6 +71,7 @@ DataOptions data_options(const TrainConfig& c) {
   o.add_eos = d.add_eos ? AddEos::yes : AddEos::no;
   o.prompt_template = d.prompt_template;
   o.chat_template = std::string(to_string(d.chat_template));
+  o.content_specials = d.parse_special_tokens ? SpecialTokens::parse : SpecialTokens::literal;
   o.shuffle = d.shuffle ? Shuffle::on : Shuffle::off;
   o.seed = d.seed;
   return o;
@@ -152,7 +153,7 @@ std::string sample_text(LlamaModel& model, const Tokenizer& tok, const TrainConf
   s.temperature = 0.0f;
   s.max_new_tokens = std::min<int64_t>(c.train.sample_tokens,
                                        model.config().max_position_embeddings - static_cast<int64_t>(prompt.size()));
-  if (s.max_new_tokens <= 0) return c.train.sample_prompt;
+  if (s.max_new_tokens <= 0 || prompt.empty()) return c.train.sample_prompt;  // empty: no BOS (Qwen), no text
   const std::vector<int32_t> ids = generate(model, prompt, s, nullptr);
   std::vector<int32_t> all = prompt;
   all.insert(all.end(), ids.begin(), ids.end());
@@ -255,6 +256,13 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   // Data.
   const Tokenizer tok = Tokenizer::from_model_dir(c.model.path);
   const DataSplit data = load_data(data_options(c), tok);
+  if (data.chat_format && progress != Progress::quiet) {
+    log << "chat template: " << data.chat_format->renderer
+        << (c.data.chat_template == ChatTemplate::auto_detect
+                ? (tok.chat_template().empty() ? " (auto: the model declares none)" : " (auto: declared by the model)")
+                : "")
+        << "\n";
+  }
   LMTUNE_CHECK(data.train.num_rows() >= c.train.micro_batch_size, "the training data gives ", data.train.num_rows(),
                " rows of ", c.data.seq_len, " tokens, fewer than one micro-batch (train.micro_batch_size = ",
                c.train.micro_batch_size, ")");
