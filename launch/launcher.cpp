@@ -25,7 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char* kRelayVariable = "LMTUNE_SIGNAL_RELAY";
 constexpr const char* kExtraArgsVariable = "LMTUNE_MPIRUN_ARGS";
 
 // Every Open MPI setting lmtune relies on, in one place (the launcher, the multi-rank
@@ -98,8 +97,6 @@ int exit_code_of(int status) {
   return 1;
 }
 
-void relay_sigusr2(int) { kill(getpid(), SIGTERM); }
-
 // Starts argv in its own process group with stdin from /dev/null and `mask` restored.
 pid_t spawn(const std::vector<std::string>& argv, const sigset_t& mask) {
   std::vector<char*> cargv;
@@ -128,7 +125,7 @@ pid_t spawn(const std::vector<std::string>& argv, const sigset_t& mask) {
 
 const char* const kLaunchUsage =
     "lmtune launch [--nproc-per-node N] [--nnodes M --node-rank R --hostfile FILE] [--threads T] "
-    "[--grace-period S] [--log-dir DIR] -- VERB ARGS...";
+    "[--grace-period S] [--log-dir DIR] [--dry-run] -- VERB ARGS...";
 
 const std::vector<OptionSpec>& launch_options() {
   static const std::vector<OptionSpec> o = {
@@ -139,9 +136,10 @@ const std::vector<OptionSpec>& launch_options() {
       {"threads", true, "kernel threads per rank (default: this node's cores / --nproc-per-node, at least 1)"},
       {"grace-period", true,
        "seconds mpirun waits, once a rank has failed, before SIGTERM to the others, and again before SIGKILL "
-       "(default 10)"},
+       "(default 3)"},
       {"log-dir", true, "also write each rank's output to DIR/1/rank.N/{stdout,stderr}"},
       {"program", true, "run this program instead of lmtune (for tests and benchmarks)"},
+      {"dry-run", false, "print the mpirun command and exit"},
       {"master-addr", true, "not used: node rank 0 starts every node over ssh (rejected, with an explanation)"},
       {"master-port", true, "not used (see --master-addr)"},
       {"help", false, "show this help"},
@@ -160,7 +158,7 @@ LaunchRequest parse_launch_request(const Args& args) {
   r.node_rank = positive(args, "node-rank", 0, 0, r.nnodes - 1);
   r.hostfile = args.get_string("hostfile", "");
   r.threads = positive(args, "threads", 0, 0, 4096);
-  r.grace_period_s = positive(args, "grace-period", 10, 1, 3600);
+  r.grace_period_s = positive(args, "grace-period", kDefaultGracePeriod, 1, 3600);
   r.log_dir = args.get_string("log-dir", "");
   r.command = args.positional();
   if (const auto p = args.get("program")) {
@@ -201,12 +199,12 @@ std::vector<std::string> mpirun_command(const LaunchRequest& r, int node_cores) 
   if (r.threads > 0) cmd.insert(cmd.end(), {"-x", "OMP_NUM_THREADS=" + std::to_string(threads)});
   else pass("OMP_NUM_THREADS", std::to_string(threads));
   pass("OMP_WAIT_POLICY", "passive");
-  cmd.insert(cmd.end(), {"-x", std::string(kRelayVariable) + "=1"});
+  cmd.insert(cmd.end(), {"-x", std::string(kSignalRelayEnv) + "=1"});
   std::vector<std::string> lmtune_vars;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string kv = *e;
     const std::string name = kv.substr(0, kv.find('='));
-    if (name.rfind("LMTUNE_", 0) == 0 && name != kRelayVariable && name != kExtraArgsVariable)
+    if (name.rfind("LMTUNE_", 0) == 0 && name != kSignalRelayEnv && name != kExtraArgsVariable)
       lmtune_vars.push_back(name);
   }
   std::sort(lmtune_vars.begin(), lmtune_vars.end());
@@ -230,9 +228,11 @@ int run_launch(const Args& args) {
                  "nodes in its --hostfile); run this command on node rank 0 only\n";
     return 0;
   }
-  LMTUNE_CHECK(on_path("mpirun"), "lmtune launch needs Open MPI's mpirun on PATH (Debian: apt-get install openmpi-bin)");
+  LMTUNE_CHECK(on_path("mpirun") || args.flag("dry-run"),
+               "lmtune launch needs Open MPI's mpirun on PATH (Debian: apt-get install openmpi-bin)");
   const std::vector<std::string> cmd = mpirun_command(r, usable_cores());
   std::cerr << "lmtune launch: " << join_quoted(cmd) << std::endl;
+  if (args.flag("dry-run")) return 0;
 
   sigset_t handled, old;
   sigemptyset(&handled);
@@ -262,16 +262,6 @@ int run_launch(const Args& args) {
       kill(pid, SIGTERM);
     }
   }
-}
-
-void install_launch_signal_relay() {
-  const char* v = std::getenv(kRelayVariable);
-  if (v == nullptr || std::string(v) != "1") return;
-  struct sigaction sa {};
-  sa.sa_handler = relay_sigusr2;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGUSR2, &sa, nullptr);
 }
 
 }  // namespace lmtune::cli

@@ -29,13 +29,19 @@
 // the ranks ended. So the launcher puts mpirun in a process group of its own (a terminal's
 // Ctrl-C reaches only the launcher) and on SIGTERM, SIGINT or SIGHUP sends mpirun SIGUSR2,
 // which mpirun forwards; every rank started by the launcher (LMTUNE_SIGNAL_RELAY=1) turns
-// SIGUSR2 into a SIGTERM to itself (install_launch_signal_relay()). The ranks thus get a
-// real SIGTERM, may finish their step and checkpoint, and their exit code (143) comes back
-// through mpirun. SIGUSR1 is passed on as it is. A second SIGTERM/SIGINT hands mpirun a
-// SIGTERM: it stops the job at once (after the grace period, SIGKILL).
-// --grace-period G (default 10) is mpirun's odls_base_sigkill_timeout: once a rank has
-// failed, mpirun waits G seconds, sends SIGTERM to the rest, waits G more and sends
-// SIGKILL — so a rank that died takes every other rank with it within about 2G seconds.
+// SIGUSR2 into a SIGTERM to itself (install_launch_signal_relay() in
+// parallel/run_context.h). The ranks thus get a real SIGTERM, may finish their step and
+// checkpoint, and their exit code (143) comes back through mpirun. SIGUSR1 is passed on
+// as it is. A second SIGTERM/SIGINT hands mpirun a SIGTERM, and mpirun stops the job:
+// SIGTERM to the ranks at once, SIGKILL after the grace period.
+// --grace-period G (default 3) is mpirun's odls_base_sigkill_timeout. Once a rank has
+// failed (a non-zero exit, a signal, MPI_Abort), Open MPI 4.1's mpirun waits G seconds,
+// sends SIGTERM to the ranks, waits G more and sends SIGKILL; it sleeps through those
+// steps even when the ranks are already gone, so a failed run takes about 2G seconds to
+// end, and a rank that died takes every other rank with it within about 2G seconds. G can
+// stay short because the graceful path does not depend on it: the relayed SIGTERM reaches
+// every rank at once and they finish their step in their own time; G only bounds how long
+// the others may still run once the first rank has exited (end a run with a barrier).
 #pragma once
 
 #include <string>
@@ -46,6 +52,7 @@
 namespace lmtune::cli {
 
 extern const char* const kLaunchUsage;
+inline constexpr int kDefaultGracePeriod = 3;
 const std::vector<OptionSpec>& launch_options();
 
 struct LaunchRequest {
@@ -54,7 +61,7 @@ struct LaunchRequest {
   int node_rank = 0;
   std::string hostfile;
   int threads = 0;  // per rank; 0: the default above
-  int grace_period_s = 10;
+  int grace_period_s = kDefaultGracePeriod;
   std::string log_dir;               // mpirun --output-filename
   std::string program;               // what each rank runs; this lmtune binary by default
   std::vector<std::string> command;  // VERB ARGS... (the program's arguments)
@@ -68,9 +75,5 @@ std::vector<std::string> mpirun_command(const LaunchRequest& r, int node_cores);
 
 // Runs `lmtune launch`; returns the exit code for the launcher's process.
 int run_launch(const Args& args);
-
-// In a rank started by `lmtune launch`: SIGUSR2 (relayed by mpirun) becomes SIGTERM.
-// Does nothing elsewhere. Call it at the start of main.
-void install_launch_signal_relay();
 
 }  // namespace lmtune::cli

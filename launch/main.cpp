@@ -300,7 +300,7 @@ int main(int argc, char** argv) {
     return 1;
   };
   try {
-    lmtune::cli::install_launch_signal_relay();
+    lmtune::install_launch_signal_relay();
     ctx = lmtune::detect_run_context();
     return lmtune::cli::run(argc, argv, ctx);
   } catch (const lmtune::Error& e) {

@@ -246,17 +246,19 @@ void Engine::free_deferred_comms() {
   }
 }
 
-void Engine::backoff(int idle_rounds) {
+void Engine::backoff(std::chrono::steady_clock::time_point last_event) {
+  using namespace std::chrono;
   const bool urgent = waiters_.load() > 0;
-  const int spins = urgent ? 64 : 8;
-  if (idle_rounds <= spins) {
+  const auto idle = steady_clock::now() - last_event;
+  if (idle < (urgent ? kSpinWhileWaited : kSpinWhileUnwaited)) {
     std::this_thread::yield();
     return;
   }
-  const int64_t cap_us = urgent ? 50 : 500;
-  const int64_t us = std::min<int64_t>(cap_us, int64_t{2} << std::min(idle_rounds - spins, 10));
+  // Sleep, doubling from 10 us with the time since anything moved, up to the cap.
+  const auto cap = urgent ? kMaxSleepWhileWaited : kMaxSleepWhileUnwaited;
+  const auto nap = std::min<microseconds>(cap, std::max(microseconds(10), duration_cast<microseconds>(idle) / 8));
   std::unique_lock lk(mu_);
-  cv_.wait_for(lk, std::chrono::microseconds(us), [&] { return !queue_.empty() || abort_code_.load() >= 0; });
+  cv_.wait_for(lk, nap, [&] { return !queue_.empty() || abort_code_.load() >= 0; });
 }
 
 void Engine::loop() {
@@ -279,7 +281,7 @@ void Engine::loop() {
   g_world_rank = rank;
   init_.set_value();
 
-  int idle_rounds = 0;
+  auto last_event = std::chrono::steady_clock::now();
   while (true) {
     std::deque<Item> batch;
     bool stopping = false;
@@ -297,18 +299,15 @@ void Engine::loop() {
     moved = test_in_flight() || moved;
     moved = report_completed() || moved;
     free_deferred_comms();
-    if (in_flight_.empty()) {
-      idle_rounds = 0;
-      continue;
-    }
+    if (moved || in_flight_.empty()) last_event = std::chrono::steady_clock::now();
+    if (in_flight_.empty()) continue;
     if (stopping && std::chrono::steady_clock::now() > stop_deadline_) {
       std::string names;
       for (const auto& f : in_flight_) names += (names.empty() ? "" : "; ") + f->op.what + " on " + f->op.where;
       std::cerr << "lmtune: exiting with MPI operations still in flight (" << names << "); aborting the job\n";
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
-    idle_rounds = moved ? 0 : idle_rounds + 1;
-    backoff(idle_rounds);
+    backoff(last_event);
   }
   for (auto& [comm, id] : deferred_free_) MPI_Comm_free(&comm);
   deferred_free_.clear();

@@ -18,11 +18,13 @@
 // slows every call and whose support varies between builds.
 //
 // CPU policy (ranks are often oversubscribed: 2–4 ranks on 2 cores): idle, the thread
-// blocks on a condition variable. With operations in flight it polls: a short burst of
-// MPI_Test + yield after anything moved, then sleeps that double from 2 µs up to a cap —
-// 50 µs while a caller is blocked in wait() (its core is free; latency matters) and
-// 500 µs while nobody waits (the caller computes; leave it the cores). A new post wakes
-// the thread at once.
+// blocks on a condition variable; a post wakes it at once. With operations in flight it
+// polls MPI_Test, yielding between polls for a short while after anything moved (started
+// or completed) — 2 ms while a caller is blocked in wait() (its core is free, and a large
+// collective needs many polls to move its segments), 50 µs while nobody waits (the caller
+// computes: leave it the cores) — and then sleeps between polls, for 1/8 of the time since
+// the last event, capped at 200 µs while waited on and 1 ms otherwise. A rank waiting
+// seconds for a slow peer thus costs a few polls per millisecond, not a core.
 //
 // Errors: communicators use MPI_ERRORS_RETURN; a failed start or completion fails that
 // operation's future with lmtune::Error naming the operation, the peer and MPI's message.
@@ -113,7 +115,13 @@ class Engine {
   bool test_in_flight();
   bool report_completed();
   void free_deferred_comms();
-  void backoff(int idle_rounds);
+  void backoff(std::chrono::steady_clock::time_point last_event);
+
+  // Polling policy (see the note at the top).
+  static constexpr std::chrono::microseconds kSpinWhileWaited{2000};
+  static constexpr std::chrono::microseconds kSpinWhileUnwaited{50};
+  static constexpr std::chrono::microseconds kMaxSleepWhileWaited{200};
+  static constexpr std::chrono::microseconds kMaxSleepWhileUnwaited{1000};
 
   std::thread thread_;
   std::mutex mu_;

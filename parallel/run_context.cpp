@@ -1,6 +1,7 @@
 #include "parallel/run_context.h"
 
 #include <sched.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -131,6 +132,8 @@ RunContext from_slurm() {
   return c;
 }
 
+void raise_sigterm(int) { kill(getpid(), SIGTERM); }
+
 // PMIx without Open MPI's or Slurm's variables: the size comes from MPI.
 RunContext from_pmix_and_mpi(int pmix_rank) {
   auto engine = mpi::Engine::instance();
@@ -214,6 +217,16 @@ int usable_cores() {
 int default_threads_per_rank(const RunContext& ctx) {
   if (ctx.world <= 1 || std::getenv("OMP_NUM_THREADS") != nullptr) return 0;
   return std::max(1, usable_cores() / std::max(1, ctx.local_world));
+}
+
+void install_launch_signal_relay() {
+  const char* v = std::getenv(kSignalRelayEnv);
+  if (v == nullptr || std::string(v) != "1") return;
+  struct sigaction sa {};
+  sa.sa_handler = raise_sigterm;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR2, &sa, nullptr);
 }
 
 }  // namespace lmtune

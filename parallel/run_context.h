@@ -44,4 +44,11 @@ int default_threads_per_rank(const RunContext& ctx);
 // Cores this process may run on (its CPU affinity mask).
 int usable_cores();
 
+// The ranks' half of `lmtune launch`'s signal relay (launch/launcher.h): mpirun will not
+// forward SIGTERM, so the launcher sends SIGUSR2, which mpirun forwards; in a process
+// started by the launcher (kSignalRelayEnv=1) this makes SIGUSR2 raise SIGTERM. Does
+// nothing elsewhere. Call it first thing in main() of anything the launcher runs.
+inline constexpr const char* kSignalRelayEnv = "LMTUNE_SIGNAL_RELAY";
+void install_launch_signal_relay();
+
 }  // namespace lmtune

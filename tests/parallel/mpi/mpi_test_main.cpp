@@ -41,6 +41,7 @@ const RunContext& run_context() { return g_ctx; }
 int main(int argc, char** argv) {
   namespace t = lmtune::testing;
   ::testing::InitGoogleTest(&argc, argv);
+  lmtune::install_launch_signal_relay();
   t::g_ctx = lmtune::detect_run_context();
   t::g_world = lmtune::make_mpi_world_communicator(t::g_ctx);
   if (t::g_ctx.rank != 0) {

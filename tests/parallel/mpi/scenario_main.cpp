@@ -4,7 +4,8 @@
 //              the others wait in it. The survivors ignore SIGTERM (as a trainer finishing
 //              its step would), so only mpirun's SIGKILL can end them.
 //   throw R    rank R throws lmtune::Error while the others wait in an all-reduce; the
-//              error goes through abort_run, as in lmtune's main.
+//              error goes through abort_run, as in lmtune's main, with exit code 3 (so a
+//              test can tell MPI_Abort's code from an ordinary exit 1).
 // Prints "rank N ready" once the world communicator is up.
 #include <signal.h>
 
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
   using namespace lmtune;
   RunContext ctx;
   try {
+    install_launch_signal_relay();
     LMTUNE_CHECK(argc == 3, "usage: mpi_scenario sigkill|throw RANK");
     const std::string scenario = argv[1];
     const int victim = std::atoi(argv[2]);
@@ -43,7 +45,7 @@ int main(int argc, char** argv) {
     std::cerr << "rank " << ctx.rank << " finished, which it should not" << std::endl;
     return 0;
   } catch (const Error& e) {
-    if (ctx.world > 1) abort_run(std::string("error: ") + e.what(), 1);
+    if (ctx.world > 1) abort_run(std::string("error: ") + e.what(), 3);
     std::cerr << "error: " << e.what() << "\n";
     return 1;
   }
