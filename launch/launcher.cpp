@@ -39,6 +39,11 @@ std::vector<std::string> mpirun_settings(int grace_period_s) {
       "--bind-to", "none",
       // Ranks never read the terminal (and mpirun runs in the background process group).
       "--stdin", "none",
+      // Shared-memory messages by copy-in/copy-out rather than CMA (process_vm_readv):
+      // CMA fails in containers whose seccomp profile or ptrace policy forbids it (Open
+      // MPI then aborts mid-run), and on the machine we measured it was slower anyway
+      // (README, "Multi-process").
+      "--mca", "btl_vader_single_copy_mechanism", "none",
       // How long mpirun waits, once a rank has failed, before SIGTERM to the others, and
       // again before SIGKILL (see launcher.h).
       "--mca", "odls_base_sigkill_timeout", std::to_string(grace_period_s)};

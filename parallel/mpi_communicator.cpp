@@ -90,7 +90,7 @@ class MpiCommunicator final : public Communicator {
   CommHandle all_reduce_async(Tensor& t, ReduceOp op) override {
     check_all_reduce(shape(), t, op);
     const std::string what = describe_tensor_op("all_reduce", t) + " (" + reduce_op_name(op) + ")";
-    return post(what, -1, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), o = mpi_op(op)](
+    return post(what, t.nbytes(), -1, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), o = mpi_op(op)](
                               MPI_Request* r) { return MPI_Iallreduce(MPI_IN_PLACE, p, n, ty, o, c, r); });
   }
 
@@ -100,7 +100,7 @@ class MpiCommunicator final : public Communicator {
     const int n = count(out);
     const MPI_Datatype ty = mpi_type(in.dtype());
     if (a == Aliasing::separate)
-      return post(what, -1, [c = comm_, src = in.raw(), dst = out.raw(), n, ty, o = mpi_op(op)](MPI_Request* r) {
+      return post(what, in.nbytes(), -1, [c = comm_, src = in.raw(), dst = out.raw(), n, ty, o = mpi_op(op)](MPI_Request* r) {
         return MPI_Ireduce_scatter_block(src, dst, n, ty, o, c, r);
       });
     // In place: MPI leaves this rank's chunk at the start of the buffer; move it to chunk r.
@@ -108,7 +108,7 @@ class MpiCommunicator final : public Communicator {
     if (rank_ != 0 && n > 0)
       finish = [dst = out.raw(), src = in.raw(), bytes = out.nbytes()] { std::memcpy(dst, src, bytes); };
     return post(
-        what, -1,
+        what, in.nbytes(), -1,
         [c = comm_, buf = in.raw(), n, ty, o = mpi_op(op)](MPI_Request* r) {
           return MPI_Ireduce_scatter_block(MPI_IN_PLACE, buf, n, ty, o, c, r);
         },
@@ -121,10 +121,10 @@ class MpiCommunicator final : public Communicator {
     const int n = count(in);
     const MPI_Datatype ty = mpi_type(in.dtype());
     if (a == Aliasing::own_chunk)
-      return post(what, -1, [c = comm_, dst = out.raw(), n, ty](MPI_Request* r) {
+      return post(what, out.nbytes(), -1, [c = comm_, dst = out.raw(), n, ty](MPI_Request* r) {
         return MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, dst, n, ty, c, r);
       });
-    return post(what, -1, [c = comm_, src = in.raw(), dst = out.raw(), n, ty](MPI_Request* r) {
+    return post(what, out.nbytes(), -1, [c = comm_, src = in.raw(), dst = out.raw(), n, ty](MPI_Request* r) {
       return MPI_Iallgather(src, n, ty, dst, n, ty, c, r);
     });
   }
@@ -132,7 +132,7 @@ class MpiCommunicator final : public Communicator {
   CommHandle broadcast_async(Tensor& t, int root) override {
     check_broadcast(shape(), t, root);
     const std::string what = describe_tensor_op("broadcast", t) + " from rank " + std::to_string(root);
-    return post(what, root, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), root](MPI_Request* r) {
+    return post(what, t.nbytes(), root, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), root](MPI_Request* r) {
       return MPI_Ibcast(p, n, ty, root, c, r);
     });
   }
@@ -141,7 +141,7 @@ class MpiCommunicator final : public Communicator {
     check_point_to_point(shape(), "send", t, dst, tag);
     const std::string what = describe_tensor_op("send", t) + " to rank " + std::to_string(dst) + " (tag " +
                              std::to_string(tag) + ")";
-    return post(what, dst, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), dst, tag](MPI_Request* r) {
+    return post(what, t.nbytes(), dst, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), dst, tag](MPI_Request* r) {
       return MPI_Isend(p, n, ty, dst, tag, c, r);
     });
   }
@@ -150,13 +150,13 @@ class MpiCommunicator final : public Communicator {
     check_point_to_point(shape(), "recv", t, src, tag);
     const std::string what = describe_tensor_op("recv", t) + " from rank " + std::to_string(src) + " (tag " +
                              std::to_string(tag) + ")";
-    return post(what, src, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), src, tag](MPI_Request* r) {
+    return post(what, t.nbytes(), src, [c = comm_, p = t.raw(), n = count(t), ty = mpi_type(t.dtype()), src, tag](MPI_Request* r) {
       return MPI_Irecv(p, n, ty, src, tag, c, r);
     });
   }
 
   void barrier() override {
-    post("barrier", -1, [c = comm_](MPI_Request* r) { return MPI_Ibarrier(c, r); })->wait();
+    post("barrier", 0, -1, [c = comm_](MPI_Request* r) { return MPI_Ibarrier(c, r); })->wait();
   }
 
   void all_reduce(std::span<double> values, ReduceOp op) override {
@@ -180,7 +180,7 @@ class MpiCommunicator final : public Communicator {
     b->mine_len = static_cast<int64_t>(mine.size());
     b->lens.resize(size_);
     post(
-        "all_gather_bytes (lengths)", -1,
+        "all_gather_bytes (lengths)", 8 * size_, -1,
         [c = comm_, b = b.get()](MPI_Request* r) {
           return MPI_Iallgather(&b->mine_len, 1, MPI_INT64_T, b->lens.data(), 1, MPI_INT64_T, c, r);
         },
@@ -196,7 +196,7 @@ class MpiCommunicator final : public Communicator {
                  ": at most 2^31 - 1 bytes");
     b->all.resize(static_cast<size_t>(total));
     post(
-        "all_gather_bytes of " + std::to_string(total) + " bytes", -1,
+        "all_gather_bytes of " + std::to_string(total) + " bytes", total, -1,
         [c = comm_, b = b.get()](MPI_Request* r) {
           return MPI_Iallgatherv(b->mine.data(), static_cast<int>(b->mine_len), MPI_BYTE, b->all.data(),
                                  b->counts.data(), b->displs.data(), MPI_BYTE, c, r);
@@ -223,13 +223,13 @@ class MpiCommunicator final : public Communicator {
     }
     const std::string from = " from rank " + std::to_string(root);
     post(
-        "broadcast_bytes (length)" + from, root,
+        "broadcast_bytes (length)" + from, 8, root,
         [c = comm_, b = b.get(), root](MPI_Request* r) { return MPI_Ibcast(&b->len, 1, MPI_INT64_T, root, c, r); }, {},
         b)
         ->wait();
     b->data.resize(static_cast<size_t>(b->len));
     post(
-        "broadcast_bytes of " + std::to_string(b->len) + " bytes" + from, root,
+        "broadcast_bytes of " + std::to_string(b->len) + " bytes" + from, b->len, root,
         [c = comm_, b = b.get(), root](MPI_Request* r) {
           return MPI_Ibcast(b->data.data(), static_cast<int>(b->len), MPI_BYTE, root, c, r);
         },
@@ -268,9 +268,10 @@ class MpiCommunicator final : public Communicator {
   CommShape shape() const { return {rank_, size_, Device::cpu(), where()}; }
   static int count(const Tensor& t) { return static_cast<int>(t.numel()); }
 
-  CommHandle post(const std::string& what, int peer, std::function<int(MPI_Request*)> start,
+  CommHandle post(const std::string& what, int64_t bytes, int peer, std::function<int(MPI_Request*)> start,
                   std::function<void()> finish = {}, std::shared_ptr<void> keep_alive = {}) {
     mpi::Operation op;
+    op.bytes = bytes;
     op.what = what;
     op.where = where();
     op.peer = peer;
@@ -285,7 +286,7 @@ class MpiCommunicator final : public Communicator {
   void host_all_reduce(void* data, size_t n, MPI_Datatype ty, const char* kind, ReduceOp op) {
     LMTUNE_CHECK(n <= INT_MAX, "all_reduce of ", n, " ", kind, ": too many values");
     const std::string what = "all_reduce of " + std::to_string(n) + " " + kind + " (" + reduce_op_name(op) + ")";
-    post(what, -1, [c = comm_, data, n = static_cast<int>(n), ty, o = mpi_op(op)](MPI_Request* r) {
+    post(what, static_cast<int64_t>(n) * 8, -1, [c = comm_, data, n = static_cast<int>(n), ty, o = mpi_op(op)](MPI_Request* r) {
       return MPI_Iallreduce(MPI_IN_PLACE, data, n, ty, o, c, r);
     })->wait();
   }

@@ -1,5 +1,6 @@
 #include "parallel/mpi_engine.h"
 
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -184,6 +185,7 @@ bool Engine::start_queued(std::deque<Item>& batch) {
     InFlight& f = *item.op;
     const int rc = f.op.start(&f.request);
     if (rc != MPI_SUCCESS) f.fail(rc);
+    else bytes_in_flight_ += f.op.bytes;
     in_flight_.push_back(std::move(item.op));
   }
   return moved;
@@ -196,11 +198,10 @@ bool Engine::test_in_flight() {
     if (f.complete) continue;
     int flag = 0;
     const int rc = MPI_Test(&f.request, &flag, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) {
-      f.fail(rc);
-      moved = true;
-    } else if (flag) {
-      f.complete = true;
+    if (rc != MPI_SUCCESS) f.fail(rc);
+    else if (flag) f.complete = true;
+    if (f.complete) {
+      bytes_in_flight_ -= f.op.bytes;
       moved = true;
     }
   }
@@ -249,19 +250,24 @@ void Engine::free_deferred_comms() {
 void Engine::backoff(std::chrono::steady_clock::time_point last_event) {
   using namespace std::chrono;
   const bool urgent = waiters_.load() > 0;
-  const auto idle = steady_clock::now() - last_event;
-  if (idle < (urgent ? kSpinWhileWaited : kSpinWhileUnwaited)) {
-    std::this_thread::yield();
-    return;
+  const auto idle = duration_cast<microseconds>(steady_clock::now() - last_event);
+  const microseconds window = kBusyWindow + microseconds(bytes_in_flight_ / kAssumedBytesPerMicrosecond);
+  microseconds nap;
+  if (idle < window) {
+    if (urgent) {
+      std::this_thread::yield();
+      return;
+    }
+    nap = kBusyPollWhileUnwaited;
+  } else {
+    nap = std::clamp<microseconds>(idle / 8, microseconds(10), urgent ? kMaxSleepWhileWaited : kMaxSleepWhileUnwaited);
   }
-  // Sleep, doubling from 10 us with the time since anything moved, up to the cap.
-  const auto cap = urgent ? kMaxSleepWhileWaited : kMaxSleepWhileUnwaited;
-  const auto nap = std::min<microseconds>(cap, std::max(microseconds(10), duration_cast<microseconds>(idle) / 8));
   std::unique_lock lk(mu_);
   cv_.wait_for(lk, nap, [&] { return !queue_.empty() || abort_code_.load() >= 0; });
 }
 
 void Engine::loop() {
+  prctl(PR_SET_TIMERSLACK, 1000UL);  // 1 µs: the short sleeps between polls stay short
   int provided = 0;
   int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
   if (rc != MPI_SUCCESS) {

@@ -19,12 +19,15 @@
 //
 // CPU policy (ranks are often oversubscribed: 2–4 ranks on 2 cores): idle, the thread
 // blocks on a condition variable; a post wakes it at once. With operations in flight it
-// polls MPI_Test, yielding between polls for a short while after anything moved (started
-// or completed) — 2 ms while a caller is blocked in wait() (its core is free, and a large
-// collective needs many polls to move its segments), 50 µs while nobody waits (the caller
-// computes: leave it the cores) — and then sleeps between polls, for 1/8 of the time since
-// the last event, capped at 200 µs while waited on and 1 ms otherwise. A rank waiting
-// seconds for a slow peer thus costs a few polls per millisecond, not a core.
+// polls MPI_Test. A large transfer needs a poll for every few fragments, but MPI_Test says
+// nothing until the whole operation is done, so the thread polls busily for a window after
+// the last event (a start or a completion): 2 ms plus the time the bytes in flight take
+// at 1 GB/s. Inside the window it yields between polls while a caller is blocked in wait()
+// (that caller's core is free) and sleeps 20 µs between polls while nobody waits (the
+// caller computes: leave it the cores). Past the window — a peer is late — it sleeps 1/8
+// of the time since the last event between polls, at most 200 µs while waited on and
+// 1 ms otherwise; so a rank waiting seconds for a slow peer costs a few polls per
+// millisecond, not a core. (comm_bench measures what this costs against blocking MPI.)
 //
 // Errors: communicators use MPI_ERRORS_RETURN; a failed start or completion fails that
 // operation's future with lmtune::Error naming the operation, the peer and MPI's message.
@@ -60,6 +63,7 @@ struct Operation {
   std::string where;      // "communicator world (rank 0 of 2)"
   int peer = -1;          // the peer or root rank it concerns, -1 if none
   uint64_t comm_id = 0;   // completion order is kept per communicator
+  int64_t bytes = 0;      // the payload, for the polling policy
   // Issues the nonblocking call; returns an MPI error code.
   std::function<int(MPI_Request*)> start;
   // Runs on the engine thread after a successful completion (may be empty).
@@ -118,8 +122,9 @@ class Engine {
   void backoff(std::chrono::steady_clock::time_point last_event);
 
   // Polling policy (see the note at the top).
-  static constexpr std::chrono::microseconds kSpinWhileWaited{2000};
-  static constexpr std::chrono::microseconds kSpinWhileUnwaited{50};
+  static constexpr std::chrono::microseconds kBusyWindow{2000};
+  static constexpr int64_t kAssumedBytesPerMicrosecond = 1000;  // 1 GB/s
+  static constexpr std::chrono::microseconds kBusyPollWhileUnwaited{20};
   static constexpr std::chrono::microseconds kMaxSleepWhileWaited{200};
   static constexpr std::chrono::microseconds kMaxSleepWhileUnwaited{1000};
 
@@ -131,6 +136,7 @@ class Engine {
   std::chrono::steady_clock::time_point stop_deadline_{};
   std::vector<std::unique_ptr<InFlight>> in_flight_;  // engine thread only
   std::vector<std::pair<MPI_Comm, uint64_t>> deferred_free_;  // engine thread only
+  int64_t bytes_in_flight_ = 0;                                // engine thread only
   std::atomic<int> waiters_{0};
   std::atomic<int> abort_code_{-1};
   std::atomic<uint64_t> next_comm_id_{1};

@@ -202,7 +202,7 @@ TEST(Launch, CommandLines) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string self = fs::canonical(LMTUNE_BINARY).string();
   EXPECT_EQ(r.err, "lmtune launch: mpirun -np 6 --oversubscribe --bind-to none --stdin none --mca "
-                   "odls_base_sigkill_timeout 3" +
+                   "btl_vader_single_copy_mechanism none --mca odls_base_sigkill_timeout 3" +
                        std::string(geteuid() == 0 ? " --allow-run-as-root" : "") + " --hostfile " + hosts.string() +
                        " --map-by ppr:3:node -x OMP_NUM_THREADS=5 -x OMP_WAIT_POLICY=passive -x "
                        "LMTUNE_SIGNAL_RELAY=1 -x LMTUNE_COMM_TIMEOUT_S " +
