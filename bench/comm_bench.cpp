@@ -6,7 +6,8 @@
 // For each size (f32, sum, in place; powers of two from 4 KiB to 64 MiB by default) it
 // times `Communicator::all_reduce` (a nonblocking MPI_Iallreduce driven by the progress
 // thread, what data parallelism uses) and, as the peer in the same run, a plain blocking
-// MPI_Allreduce issued on the same MPI thread. Time per operation is the slowest rank's
+// MPI_Allreduce issued on the same MPI thread (and MPI_Iallreduce + MPI_Wait there, the same
+// algorithm as ours without our polling). Time per operation is the slowest rank's
 // mean; algbw = bytes / time; busbw = algbw * 2 (n - 1) / n (the bytes each rank's link
 // carries in a ring, so numbers compare across rank counts, as nccl-tests defines them).
 #include <unistd.h>
@@ -76,11 +77,12 @@ int main(int argc, char** argv) {
       gethostname(host, sizeof host - 1);
       std::printf("# comm_bench: all_reduce f32 sum in place, %d ranks on %s (%s, %ld cores), %s\n", n, host,
                   cpu_model().c_str(), sysconf(_SC_NPROCESSORS_ONLN), library.c_str());
-      std::printf("# OMP_NUM_THREADS=%s; lmtune = Communicator::all_reduce (MPI_Iallreduce on the progress thread), "
-                  "mpi = blocking MPI_Allreduce on the same thread\n",
+      std::printf("# OMP_NUM_THREADS=%s; lmtune = Communicator::all_reduce (MPI_Iallreduce driven by the progress "
+                  "thread), mpi = blocking MPI_Allreduce on that thread, ratio = mpi time / lmtune time, mpi-nb = "
+                  "MPI_Iallreduce + MPI_Wait on that thread; bandwidths in GB/s\n",
                   std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "unset");
-      std::printf("%12s %10s %11s %9s %9s %11s %9s %9s %7s\n", "size(B)", "count", "lmtune(us)", "algbw", "busbw",
-                  "mpi(us)", "algbw", "busbw", "ratio");
+      std::printf("%12s %10s %11s %9s %9s %11s %9s %9s %7s %11s %9s\n", "size(B)", "count", "lmtune(us)", "algbw",
+                  "busbw", "mpi(us)", "algbw", "busbw", "ratio", "mpi-nb(us)", "busbw");
     }
     for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 2) {
       Tensor t = buf.view(0, {bytes / 4});
@@ -88,6 +90,16 @@ int main(int argc, char** argv) {
       // about 0.3 s per measurement, at least 5 calls
       const int iters = static_cast<int>(std::clamp<int64_t>((int64_t{300} << 20) / bytes, 5, 2000));
       auto ours = [&] { world->all_reduce(t, ReduceOp::sum); };
+      auto nonblocking = [&] {
+        engine->call(
+            "MPI_Iallreduce + MPI_Wait",
+            [p = t.raw(), count] {
+              MPI_Request r;
+              MPI_Iallreduce(MPI_IN_PLACE, p, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r);
+              MPI_Wait(&r, MPI_STATUS_IGNORE);
+            },
+            std::chrono::minutes(5));
+      };
       auto plain = [&] {
         engine->call(
             "MPI_Allreduce",
@@ -96,12 +108,15 @@ int main(int argc, char** argv) {
       };
       time_per_call(*world, std::max(2, iters / 10), ours);  // warm-up
       time_per_call(*world, std::max(2, iters / 10), plain);
+      time_per_call(*world, std::max(2, iters / 10), nonblocking);
       const double a = time_per_call(*world, iters, ours);
       const double b = time_per_call(*world, iters, plain);
+      const double c = time_per_call(*world, iters, nonblocking);
       if (ctx.rank == 0) {
         const double ga = bytes / a / 1e9, gb = bytes / b / 1e9;
-        std::printf("%12lld %10d %11.1f %9.3f %9.3f %11.1f %9.3f %9.3f %7.2f\n", static_cast<long long>(bytes), count,
-                    a * 1e6, ga, ga * bus, b * 1e6, gb, gb * bus, b / a);
+        std::printf("%12lld %10d %11.1f %9.3f %9.3f %11.1f %9.3f %9.3f %7.2f %11.1f %9.3f\n",
+                    static_cast<long long>(bytes), count, a * 1e6, ga, ga * bus, b * 1e6, gb, gb * bus, b / a, c * 1e6,
+                    bytes / c / 1e9 * bus);
         std::fflush(stdout);
       }
     }

@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 
+#include "parallel/mpi_engine.h"
 #include "trainer/core/error.h"
 
 namespace lmtune {
@@ -73,6 +74,8 @@ TEST_F(RunContextTest, NoLauncherIsOneProcess) {
   EXPECT_EQ(c.host, host);
   EXPECT_TRUE(c.writer());
   EXPECT_EQ(rank_from_environment(), std::nullopt);
+  // a single process never initialises MPI (lmtune's main calls exactly this)
+  EXPECT_FALSE(mpi::Engine::started());
 }
 
 TEST_F(RunContextTest, OpenMpi) {
