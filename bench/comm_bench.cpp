@@ -36,6 +36,13 @@ std::string cpu_model() {
   return "unknown CPU";
 }
 
+std::string load_average() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
 // Mean seconds per call of fn over `iters` calls, the slowest rank's.
 template <typename F>
 double time_per_call(Communicator& world, int iters, F fn) {
@@ -79,8 +86,8 @@ int main(int argc, char** argv) {
                   cpu_model().c_str(), sysconf(_SC_NPROCESSORS_ONLN), library.c_str());
       std::printf("# OMP_NUM_THREADS=%s; lmtune = Communicator::all_reduce (MPI_Iallreduce driven by the progress "
                   "thread), mpi = blocking MPI_Allreduce on that thread, ratio = mpi time / lmtune time, mpi-nb = "
-                  "MPI_Iallreduce + MPI_Wait on that thread; bandwidths in GB/s\n",
-                  std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "unset");
+                  "MPI_Iallreduce + MPI_Wait on that thread; bandwidths in GB/s; load average %s\n",
+                  std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "unset", load_average().c_str());
       std::printf("%12s %10s %11s %9s %9s %11s %9s %9s %7s %11s %9s\n", "size(B)", "count", "lmtune(us)", "algbw",
                   "busbw", "mpi(us)", "algbw", "busbw", "ratio", "mpi-nb(us)", "busbw");
     }
@@ -120,6 +127,7 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
+    if (ctx.rank == 0) std::printf("# load average at the end: %s\n", load_average().c_str());
     return 0;
   } catch (const std::exception& e) {
     abort_run(std::string("error: ") + e.what(), 1);

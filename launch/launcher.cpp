@@ -42,7 +42,7 @@ std::vector<std::string> mpirun_settings(int grace_period_s) {
       // Shared-memory messages by copy-in/copy-out rather than CMA (process_vm_readv):
       // CMA fails in containers whose seccomp profile or ptrace policy forbids it (Open
       // MPI then aborts mid-run), and on the machine we measured it was slower anyway
-      // (README, "Multi-process").
+      // (README, "Measured").
       "--mca", "btl_vader_single_copy_mechanism", "none",
       // How long mpirun waits, once a rank has failed, before SIGTERM to the others, and
       // again before SIGKILL (see launcher.h).
@@ -63,7 +63,10 @@ std::string shell_quote(const std::string& s) {
 
 std::string join_quoted(const std::vector<std::string>& argv) {
   std::string line;
-  for (const auto& a : argv) line += (line.empty() ? "" : " ") + shell_quote(a);
+  for (const auto& a : argv) {
+    if (!line.empty()) line += ' ';
+    line += shell_quote(a);
+  }
   return line;
 }
 

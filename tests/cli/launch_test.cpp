@@ -28,7 +28,12 @@ const std::string kStories15MGreedy =
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the sunshine. One day, "
     "she saw a big, red ball in the sky. It was the sun!\n";
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) {
+  std::string s = "'";
+  s += p.string();
+  s += "'";
+  return s;
+}
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
