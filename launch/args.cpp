@@ -14,6 +14,10 @@ Args::Args(std::string verb, const std::vector<std::string>& argv, const std::ve
   for (const auto& o : spec) names.push_back("--" + o.name);
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& a = argv[i];
+    if (a == "--") {  // the end of the options: the rest is positional (lmtune launch -- VERB --opt ...)
+      positional_.insert(positional_.end(), argv.begin() + static_cast<std::ptrdiff_t>(i) + 1, argv.end());
+      break;
+    }
     if (a.size() < 3 || a.rfind("--", 0) != 0) {
       positional_.push_back(a);
       continue;

@@ -1,5 +1,6 @@
 // Command-line parsing for the `lmtune` verbs: positional arguments plus `--name value` /
-// `--name=value` options and `--flag` switches, each declared by the verb. An unknown
+// `--name=value` options and `--flag` switches, each declared by the verb; a lone `--` ends
+// the options (everything after it is positional). An unknown
 // option, a missing value or a malformed number is an error naming it (with the closest
 // valid option for a typo).
 #pragma once

@@ -16,6 +16,9 @@
 
 #include "kernels/ops.h"
 #include "launch/args.h"
+#include "launch/launcher.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/run_context.h"
 #include "trainer/core/error.h"
 #include "trainer/core/strings.h"
 #include "trainer/data/tokenizer.h"
@@ -314,6 +317,7 @@ const std::vector<Verb>& verbs() {
       {"train", "lmtune train CONFIG.yaml [key.sub=value ...]", &kTrainOptions, run_train},
       {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0] [--overwrite]",
        &kExportOptions, exits_0<run_export>},
+      {"launch", kLaunchUsage, &launch_options(), [](const Args& a, Allocator&, Output) { return run_launch(a); }},
   };
   return v;
 }
@@ -333,7 +337,7 @@ void print_verb_help(const Verb& v) {
   }
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, const RunContext& ctx) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
     print_help(argc < 2 ? std::cerr : std::cout);
     return argc < 2 ? 2 : 0;
@@ -356,7 +360,7 @@ int run(int argc, char** argv) {
     print_verb_help(*verb);
     return 0;
   }
-  ops::set_num_threads(static_cast<int>(args.get_int("threads", 0)));
+  ops::set_num_threads(static_cast<int>(args.get_int("threads", default_threads_per_rank(ctx))));
   const bool training = verb->name == "train";
   MemoryStats predicted;
   if (args.flag("memory-report")) {
@@ -383,17 +387,23 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace lmtune::cli
 
+// In a run of several ranks, a failing rank ends the whole job (abort_run), so that its
+// peers do not wait for it forever.
 int main(int argc, char** argv) {
+  lmtune::RunContext ctx;
+  auto fail = [&](const std::string& message) {
+    std::cout.flush();
+    if (ctx.world > 1) lmtune::abort_run(message, 1);
+    std::cerr << "lmtune: " << message << "\n";
+    return 1;
+  };
   try {
-    return lmtune::cli::run(argc, argv);
+    lmtune::install_launch_signal_relay();
+    ctx = lmtune::detect_run_context();
+    return lmtune::cli::run(argc, argv, ctx);
   } catch (const lmtune::Error& e) {
-    std::cout.flush();
-    if (e.kind() == lmtune::ErrorKind::internal) std::cerr << "lmtune: " << e.describe() << "\n";
-    else std::cerr << "lmtune: error: " << e.what() << "\n";
-    return 1;
+    return fail(e.kind() == lmtune::ErrorKind::internal ? e.describe() : std::string("error: ") + e.what());
   } catch (const std::exception& e) {
-    std::cout.flush();
-    std::cerr << "lmtune: internal error: " << e.what() << "\n";
-    return 1;
+    return fail(std::string("internal error: ") + e.what());
   }
 }
