@@ -11,12 +11,16 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <iostream>
 #include <sstream>
 
 #include "kernels/ops.h"
 #include "launch/args.h"
 #include "launch/launcher.h"
+#include "parallel/data_parallel.h"
+#include "parallel/fake_communicator.h"
+#include "parallel/groups.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/run_context.h"
 #include "trainer/core/error.h"
@@ -212,22 +216,83 @@ TrainConfig train_config_from(const Args& args) {
   return load_train_config(pos[0], std::vector<std::string>(pos.begin() + 1, pos.end()));
 }
 
+void print_memory_report(const MemoryStats& m, const MemoryStats& p, Device device, const char* what);
+
+// One row per rank: measured and predicted peaks (the per-category detail of rank 0 is
+// printed above it).
+void print_rank_table(const std::vector<RankMemory>& rows) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "  %-5s %14s %14s %14s %14s %14s  %s\n", "rank", "allocated", "predicted",
+                "reserved", "predicted", "peak RSS", "prediction");
+  std::cerr << "per rank (bytes; peaks):\n" << buf;
+  for (const RankMemory& r : rows) {
+    const bool exact = r.measured.allocated.peak == r.predicted.allocated.peak &&
+                       r.measured.reserved.peak == r.predicted.reserved.peak;
+    std::snprintf(buf, sizeof buf, "  %-5d %14lld %14lld %14lld %14lld %14lld  %s\n", r.rank,
+                  static_cast<long long>(r.measured.allocated.peak), static_cast<long long>(r.predicted.allocated.peak),
+                  static_cast<long long>(r.measured.reserved.peak), static_cast<long long>(r.predicted.reserved.peak),
+                  static_cast<long long>(r.peak_rss), exact ? "exact" : "DIFFERS");
+    std::cerr << buf;
+  }
+}
+
+// The communicators of a run of several ranks, and their meta counterparts.
+struct RankComms {
+  std::unique_ptr<Communicator> world;
+  GroupComms groups, fake;
+  std::optional<SingleProcess> single;
+  ParallelEnv env;
+};
+
+void make_rank_comms(RankComms& rc, const TrainConfig& config, const RunContext& ctx) {
+  if (ctx.world == 1) {
+    rc.single.emplace();
+    rc.env = rc.single->env();
+    return;
+  }
+  const TrainConfig c = resolve_layout(config, ctx.world);
+  const ParallelLayout layout{static_cast<int>(c.parallel.dp), static_cast<int>(c.parallel.tp),
+                              static_cast<int>(c.parallel.pp)};
+  rc.world = make_mpi_world_communicator(ctx);
+  rc.groups = split_groups(*rc.world, layout);
+  rc.fake = make_fake_groups(ctx.rank, layout);
+  rc.env.run = ctx;
+  rc.env.world = rc.world.get();
+  rc.env.dp = rc.groups.dp.get();
+  rc.env.meta_dp = rc.fake.dp.get();
+  rc.env.grad_sync = [](LlamaModel& model, Communicator& dp, const TrainConfig& cfg) {
+    return make_bucket_all_reduce(model, dp,
+                                  cfg.parallel.overlap_grad_reduce ? OverlapGradReduce::on : OverlapGradReduce::off);
+  };
+}
+
 // Returns the exit code: 0, or 128 + N when signal N stopped the run (after a checkpoint).
-int run_train(const Args& args, Allocator& alloc, Output out) {
+// With --memory-report the writer rank prints every rank's memory at the end.
+int run_train(const Args& args, Allocator& alloc, Output out, const RunContext& ctx) {
   TrainConfig cfg = train_config_from(args);
   if (args.get("threads")) cfg.train.threads = args.get_int("threads", 0);
-  if (out == Output::silent) return 0;  // the prediction is made by predict_train_step_memory
+  if (out == Output::silent) return 0;  // train() predicts its own memory on the meta device
   const Progress progress = args.flag("quiet") ? Progress::quiet : Progress::auto_detect;
   const StopSignalScope stop_signals;  // SIGINT, SIGTERM, SIGUSR1: finish the step, save, stop
-  const TrainSummary s = train(cfg, alloc, progress, std::cerr);
+  RankComms comms;
+  make_rank_comms(comms, cfg, ctx);
+  const TrainSummary s = train(cfg, alloc, progress, std::cerr, comms.env);
+  const bool writer = ctx.writer();
+  if (writer && args.flag("memory-report")) {
+    print_memory_report(s.memory.at(0).measured, s.memory.at(0).predicted, alloc.device(),
+                        "one training step of rank 0");
+    if (s.memory.size() > 1) print_rank_table(s.memory);
+  }
   if (s.stop_signal != 0) {  // said even under --quiet: the run did not finish
-    std::cerr << "lmtune: stopped by " << signal_name(s.stop_signal);
-    if (s.last_checkpoint.empty()) std::cerr << " before this run's first step (at step " << s.steps << "); nothing new to save";
-    else std::cerr << " after step " << s.steps << "; saved " << s.last_checkpoint.string();
-    std::cerr << ". Continue with train.resume_from=auto\n";
+    if (writer) {
+      std::cerr << "lmtune: stopped by " << signal_name(s.stop_signal);
+      if (s.last_checkpoint.empty()) std::cerr << " before this run's first step (at step " << s.steps << "); nothing new to save";
+      else std::cerr << " after step " << s.steps << "; saved " << s.last_checkpoint.string();
+      std::cerr << ". Continue with train.resume_from=auto\n";
+    }
     return 128 + s.stop_signal;
   }
-  if (progress != Progress::quiet) {
+  if (writer && progress != Progress::quiet) {
     std::cerr << "done: " << s.steps << " steps, last loss " << s.last_loss;
     if (s.validation_loss) std::cerr << ", validation loss " << *s.validation_loss;
     std::cerr << "\nrun directory: " << s.run_dir.string() << "\nlast checkpoint: " << s.last_checkpoint.string()
@@ -258,11 +323,6 @@ void run_export(const Args& args, Allocator& alloc, Output out) {
 }
 
 // ---- the memory report -----------------------------------------------------------------
-int64_t process_peak_rss() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<int64_t>(u.ru_maxrss) * 1024;
-}
 
 void print_memory_report(const MemoryStats& m, const MemoryStats& p, Device device, const char* what) {
   auto row = [](const std::string& name, int64_t a, int64_t b) {
@@ -293,12 +353,12 @@ struct Verb {
   std::string name;
   std::string usage;
   const std::vector<OptionSpec>* options;
-  std::function<int(const Args&, Allocator&, Output)> run;  // returns the exit code
+  std::function<int(const Args&, Allocator&, Output, const RunContext&)> run;  // returns the exit code
 };
 
 // A verb that exits 0 whenever it returns.
 template <void (*F)(const Args&, Allocator&, Output)>
-int exits_0(const Args& a, Allocator& alloc, Output out) {
+int exits_0(const Args& a, Allocator& alloc, Output out, const RunContext&) {
   F(a, alloc, out);
   return 0;
 }
@@ -317,7 +377,7 @@ const std::vector<Verb>& verbs() {
       {"train", "lmtune train CONFIG.yaml [key.sub=value ...]", &kTrainOptions, run_train},
       {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0] [--overwrite]",
        &kExportOptions, exits_0<run_export>},
-      {"launch", kLaunchUsage, &launch_options(), [](const Args& a, Allocator&, Output) { return run_launch(a); }},
+      {"launch", kLaunchUsage, &launch_options(), [](const Args& a, Allocator&, Output, const RunContext&) { return run_launch(a); }},
   };
   return v;
 }
@@ -361,26 +421,23 @@ int run(int argc, char** argv, const RunContext& ctx) {
     return 0;
   }
   ops::set_num_threads(static_cast<int>(args.get_int("threads", default_threads_per_rank(ctx))));
-  const bool training = verb->name == "train";
+  const bool training = verb->name == "train";  // train() reports its own memory, rank by rank
+  const bool report = args.flag("memory-report") && !training;
   MemoryStats predicted;
-  if (args.flag("memory-report")) {
-    if (training) {
-      predicted = predict_train_step_memory(train_config_from(args));
-    } else if (verb->name == "export") {
+  if (report) {
+    if (verb->name == "export") {
       args.expect_positional({"RUN_DIR"});
       predicted = predict_export_memory(args.positional()[0], parse_export_format(args.get_string("format", "hf")),
                                         args.get_string("dtype", "f32"));
     } else {
       auto meta = Allocator::create(Device::meta());
-      verb->run(args, *meta, Output::silent);
+      verb->run(args, *meta, Output::silent, ctx);
       predicted = meta->stats();
     }
   }
   auto alloc = Allocator::create(Device::cpu());
-  const int code = verb->run(args, *alloc, Output::print);
-  if (args.flag("memory-report"))
-    print_memory_report(alloc->stats(), predicted, alloc->device(),
-                        training ? "one training step" : "the same command");
+  const int code = verb->run(args, *alloc, Output::print, ctx);
+  if (report) print_memory_report(alloc->stats(), predicted, alloc->device(), "the same command");
   return code;
 }
 

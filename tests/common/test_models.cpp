@@ -13,6 +13,7 @@
 #include <random>
 
 #include "trainer/data/tokenizer.h"
+#include "trainer/io/checkpoint.h"
 #include "trainer/io/llama2c.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/llama.h"
@@ -172,6 +173,18 @@ RunResult wait_lmtune(const Background& b) {
   r.out = slurp(b.out);
   r.err = slurp(b.err);
   return r;
+}
+
+std::map<std::string, std::vector<float>> read_checkpoint_tensors(const fs::path& checkpoint_dir) {
+  const CheckpointReader r = CheckpointReader::open(checkpoint_dir);
+  auto alloc = Allocator::create(Device::cpu());
+  std::map<std::string, std::vector<float>> out;
+  for (const std::string& name : r.names()) {
+    Tensor t = Tensor::empty(*alloc, r.shape(name), DType::f32, MemCategory::workspace);
+    r.read_full(name, t);
+    out[name] = t.to_f32();
+  }
+  return out;
 }
 
 }  // namespace lmtune::testing

@@ -4,7 +4,9 @@
 
 #include <filesystem>
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "trainer/model/config.h"
 
@@ -57,5 +59,9 @@ struct Background {
 Background start_lmtune(const std::string& args);
 // Waits for it; exit_code is 128 + N when signal N ended it, as a shell reports it.
 RunResult wait_lmtune(const Background& b);
+
+// Every logical tensor of a training checkpoint (any layout, any format version), read
+// through CheckpointReader as f32 values, by name.
+std::map<std::string, std::vector<float>> read_checkpoint_tensors(const std::filesystem::path& checkpoint_dir);
 
 }  // namespace lmtune::testing

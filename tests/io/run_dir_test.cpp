@@ -42,7 +42,9 @@ std::string error_of(const std::function<void()>& f) {
 // A checkpoint directory as save_checkpoint leaves it (contents do not matter here).
 void fake_checkpoint(const fs::path& dir) {
   fs::create_directories(dir);
-  for (const std::string& n : checkpoint_file_names()) write_text(dir / n, n);
+  for (const char* n : {"index.json", "trainer_state.json", "config.yaml", "shard-00000-of-00002.safetensors",
+                        "shard-00001-of-00002.safetensors"})
+    write_text(dir / n, n);
 }
 
 // ---- AtomicDirectory ------------------------------------------------------------------------
@@ -182,7 +184,7 @@ TEST(PrepareRunDir, ARunWithCheckpoints) {
   write_text(dir / "checkpoint-10" / "eval.txt", "mine");
   EXPECT_NE(error_of([&] { prepare_run_dir(lock, RunStart::fresh, Overwrite::yes); }).find("'eval.txt'"),
             std::string::npos);
-  EXPECT_TRUE(fs::exists(dir / "checkpoint-2" / "trainable.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "checkpoint-2" / "index.json"));
   fs::remove(dir / "checkpoint-10" / "eval.txt");
   prepare_run_dir(lock, RunStart::fresh, Overwrite::yes);
   EXPECT_EQ(entries(dir), (std::vector<std::string>{".lmtune.lock", "checkpoint-7", "notes.txt"}));

@@ -52,7 +52,7 @@ TrainSummary run_config_for_two_steps(const std::string& name, fs::path hf = {})
     throw;
   }
   fs::current_path(cwd);
-  EXPECT_TRUE(fs::exists(out / "checkpoint-2" / "trainable.safetensors"));
+  EXPECT_TRUE(fs::exists(out / "checkpoint-2" / "index.json"));
   return s;
 }
 

@@ -85,7 +85,7 @@ TEST_F(TrainSafety, ResumeNamesEveryKeyThatMustNotChange) {
                                               "method.lora.alpha=16"}));
   EXPECT_HAS(m, "cannot resume '" + (out / "checkpoint-2").string() + "'");
   EXPECT_HAS(m, "data.seq_len (saved: 16, now: 12)");
-  EXPECT_HAS(m, "train.micro_batch_size (saved: 2, now: 1)");
+  EXPECT_HAS(m, "train.micro_batch_size x parallel.dp, the global micro-batch (saved: 2 x 1, now: 1 x 1)");
   EXPECT_HAS(m, "method.lora.alpha (saved: 8.0, now: 16.0)");
   EXPECT_HAS(m, "README");
   EXPECT_EQ(m.find("train.lr"), std::string::npos) << m;

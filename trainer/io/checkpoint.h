@@ -1,27 +1,53 @@
-// Training checkpoints. A checkpoint is a directory RUN_DIR/checkpoint-<step> holding
-//   trainable.safetensors   the parameters that train (logical, unsharded names)
-//   optimizer.safetensors   AdamW moments, "<param>.exp_avg" / "<param>.exp_avg_sq"
-//   trainer_state.json      step, optimizer step count, data loader position, format version,
-//                           and the training data's fingerprint
-//   config.yaml             the resolved config of the run
-// It is written into a temporary sibling directory and renamed into place (AtomicDirectory),
-// so a checkpoint directory that exists is complete; rewriting an existing checkpoint-N
-// replaces only these four files.
+// Training checkpoints — design note.
+//
+// A checkpoint is a directory RUN_DIR/checkpoint-<step>:
+//   shard-RRRRR-of-WWWWW.safetensors   the pieces rank R wrote: flat element ranges of
+//                                      logical tensors, key "<name>@<start>" (1-D)
+//   index.json                         every logical tensor: shape, dtype, and its pieces
+//                                      [{file, key, start, numel}] covering it exactly once
+//   trainer_state.json                 step, optimizer step count, data loader position
+//   config.yaml                        the resolved config of the run
+// Tensors are named logically — the trainable parameters by their HF names, AdamW's moments
+// "<param>.exp_avg" / "<param>.exp_avg_sq" as torch names them — and never by how a layout
+// split them, so a checkpoint saved under one layout resumes under any other, and one
+// process (`lmtune export`) reads any of them.
+//
+// Saving (every rank calls save_checkpoint with its own pieces):
+//   1. the writer rank creates the staging directory `.checkpoint-<step>.tmp.<host>.<pid>.<n>`
+//      and tells the others its name (a broadcast);
+//   2. every rank writes its shard file there (through a temporary name carrying host, rank
+//      and pid, fsync'ed and renamed), then the piece lists are gathered at the writer;
+//   3. the writer checks the pieces tile every tensor, writes index.json,
+//      trainer_state.json and config.yaml, and renames the staging directory onto
+//      checkpoint-<step> — atomically (AtomicDirectory); an existing checkpoint of that step
+//      is swapped out and only then are its files (checkpoint files by name, nothing else)
+//      removed. A final barrier: no rank goes on before the checkpoint exists.
+// So a checkpoint-N directory that exists is complete, whatever happened to any rank.
+// Format version 1 (one process: trainable.safetensors + optimizer.safetensors) is still
+// read, as a single piece per tensor.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "trainer/core/communicator.h"
+#include "trainer/core/run_context.h"
 #include "trainer/core/tensor.h"
 #include "trainer/data/dataset.h"
+#include "trainer/io/file_util.h"
 
 namespace lmtune {
 
+class SafeTensorsReader;
+
 // What identifies the training rows a loader position refers to: their count and a hash
-// of their tokens and targets (data_fingerprint in dataset.h). A resume on other rows
+// of their tokens and targets (PackedDataset::content_hash). A resume on other rows
 // would continue from a position that means something else.
 struct DataFingerprint {
   int64_t rows = 0;
@@ -32,21 +58,68 @@ struct DataFingerprint {
 struct TrainerState {
   int64_t step = 0;          // optimizer steps completed
   int64_t adam_steps = 0;    // AdamW's own step count (bias correction)
-  DataLoader::State loader;  // where the training data continues
+  DataLoader::State loader;  // where the training data continues (rows of all ranks together)
   std::optional<DataFingerprint> train_data;  // absent in checkpoints written before it was saved
 };
 
-struct CheckpointContents {
-  std::vector<std::pair<std::string, Tensor>> trainable;
-  std::vector<std::pair<std::string, Tensor>> optimizer;
-  TrainerState state;
-  std::string config_yaml;
+// Elements [start, start + data.numel()) of the logical tensor `name` (of `shape`), as held
+// by this rank; `data` is a contiguous view (any float dtype).
+struct CheckpointPiece {
+  std::string name;
+  Shape shape;
+  int64_t start = 0;
+  Tensor data;
 };
 
-// Writes RUN_DIR/checkpoint-<state.step> atomically; returns its path.
-std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const CheckpointContents& c);
-// Fills the given tensors (matched by name; every one must be present with its shape) and
-// returns the state. Names the checkpoint and what is wrong on any mismatch.
+// For tensors every rank holds whole (data parallelism): rank `rank`'s even share of their
+// concatenation, so that the ranks together write each element once.
+std::vector<CheckpointPiece> even_share(const std::vector<std::pair<std::string, Tensor>>& tensors, int rank,
+                                        int world);
+
+// Writes RUN_DIR/checkpoint-<state.step> from every rank's pieces (see the note). Called by
+// every rank of `world`; returns the checkpoint's path.
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const std::vector<CheckpointPiece>& mine,
+                                      const TrainerState& state, const std::string& config_yaml,
+                                      const RunContext& run, Communicator& world);
+
+class CheckpointReader {
+ public:
+  static CheckpointReader open(const std::filesystem::path& checkpoint_dir);
+  CheckpointReader(CheckpointReader&&) noexcept;
+  CheckpointReader& operator=(CheckpointReader&&) noexcept;
+  ~CheckpointReader();
+
+  const std::filesystem::path& dir() const { return dir_; }
+  const TrainerState& state() const { return state_; }
+  std::vector<std::string> names() const;  // sorted
+  bool contains(const std::string& name) const { return tensors_.count(name) > 0; }
+  const Shape& shape(const std::string& name) const;
+  // Elements [start, start + dst.numel()) of `name`, converted to dst's dtype.
+  void read(const std::string& name, int64_t start, Tensor& dst) const;
+  // The whole tensor; its shape must equal dst's.
+  void read_full(const std::string& name, Tensor& dst) const;
+
+ private:
+  struct Piece {
+    int file;
+    std::string key;
+    int64_t start, numel;
+  };
+  struct Entry {
+    Shape shape;
+    std::vector<Piece> pieces;  // sorted by start, tiling [0, numel(shape))
+  };
+  CheckpointReader() = default;
+
+  std::filesystem::path dir_;
+  TrainerState state_;
+  std::vector<std::unique_ptr<SafeTensorsReader>> files_;
+  std::map<std::string, Entry> tensors_;
+};
+
+// Fills the given tensors whole (matched by name; every one must be present with its
+// shape, and the checkpoint must hold nothing else of the kind) and returns the state.
+// Names the checkpoint and what is wrong on any mismatch.
 TrainerState load_checkpoint(const std::filesystem::path& checkpoint_dir,
                              std::vector<std::pair<std::string, Tensor>>& trainable,
                              std::vector<std::pair<std::string, Tensor>>& optimizer);
@@ -54,8 +127,11 @@ TrainerState load_checkpoint(const std::filesystem::path& checkpoint_dir,
 TrainerState read_trainer_state(const std::filesystem::path& checkpoint_dir);
 // The checkpoint with the highest step in run_dir, if any.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
-// The files of a checkpoint directory (everything save_checkpoint writes there).
-const std::vector<std::string>& checkpoint_file_names();
+// The names of the files save_checkpoint writes into a checkpoint directory (any format
+// version): index.json, trainer_state.json, config.yaml, shard-RRRRR-of-WWWWW.safetensors,
+// and format 1's trainable.safetensors / optimizer.safetensors.
+bool is_checkpoint_file_name(std::string_view name);
+const NameSet& checkpoint_file_names();
 // Whether `dir` is named checkpoint-<N> and holds lmtune's checkpoint files (other tools'
 // checkpoint-N directories, such as the HF Trainer's, are not lmtune's).
 bool is_checkpoint_dir(const std::filesystem::path& dir);

@@ -150,31 +150,47 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
 
 namespace fs = std::filesystem;
 
-std::string first_foreign_entry(const fs::path& dir, const std::vector<std::string>& names) {
+NameSet::NameSet(std::vector<std::string> names)
+    : rule_([names = std::move(names)](std::string_view n) {
+        return std::find(names.begin(), names.end(), n) != names.end();
+      }) {}
+
+std::string first_foreign_entry(const fs::path& dir, const NameSet& names) {
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string n = it->path().filename().string();
-    const bool named = std::find(names.begin(), names.end(), n) != names.end();
-    if (!named || !it->is_regular_file(ec) || it->is_symlink(ec)) return n;
+    if (!names.contains(n) || !it->is_regular_file(ec) || it->is_symlink(ec)) return n;
   }
   LMTUNE_CHECK(!ec, "cannot list '", dir.string(), "': ", ec.message());
   return {};
 }
 
-void remove_written_directory(const fs::path& dir, const std::vector<std::string>& names, std::string_view what) {
+namespace {
+// Removes the regular files of `dir` that `names` contains (what an lmtune write left).
+void remove_named_files(const fs::path& dir, const NameSet& names) {
+  std::error_code ec;
+  std::vector<fs::path> files;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (names.contains(it->path().filename().string()) && fs::is_regular_file(fs::symlink_status(it->path(), ec)))
+      files.push_back(it->path());
+  for (const fs::path& f : files) {
+    fs::remove(f, ec);
+    LMTUNE_CHECK(!ec, "cannot remove '", f.string(), "': ", ec.message());
+  }
+}
+}  // namespace
+
+void remove_written_directory(const fs::path& dir, const NameSet& names, std::string_view what) {
   const std::string foreign = first_foreign_entry(dir, names);
   LMTUNE_CHECK(foreign.empty(), what, " '", dir.string(), "' holds '", foreign,
                "', which lmtune did not write; move it out of there and run again");
+  remove_named_files(dir, names);
   std::error_code ec;
-  for (const std::string& n : names) {
-    fs::remove(dir / n, ec);
-    LMTUNE_CHECK(!ec, "cannot remove '", (dir / n).string(), "': ", ec.message());
-  }
   fs::remove(dir, ec);
   LMTUNE_CHECK(!ec, "cannot remove '", dir.string(), "': ", ec.message());
 }
 
-AtomicDirectory::AtomicDirectory(fs::path path, std::vector<std::string> replaceable, std::string what)
+AtomicDirectory::AtomicDirectory(fs::path path, NameSet replaceable, std::string what)
     : path_(std::move(path)), replaceable_(std::move(replaceable)) {
   what_ = (what.empty() ? "'" : what + " '") + path_.string() + "'";
   LMTUNE_ASSERT(!path_.filename().empty() && path_.filename() != "." && path_.filename() != "..",
@@ -248,9 +264,10 @@ void AtomicDirectory::commit() {
   committed_ = true;
   // The old content: the replaceable files only (checked above), then its directory. A file
   // that appeared there meanwhile keeps the directory (and itself) where it is.
-  for (const std::string& n : replaceable_) {
-    const fs::path f = old / n;
-    if (fs::is_regular_file(fs::symlink_status(f, ec))) fs::remove(f, ec);
+  try {
+    remove_named_files(old, replaceable_);
+  } catch (const Error&) {
+    return;  // the new content is in place; what could not be removed stays at its temporary name
   }
   fs::remove(old, ec);
 }

@@ -11,9 +11,24 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <functional>
+#include <initializer_list>
 #include <vector>
 
 namespace lmtune {
+
+// The names lmtune writes into a directory of some kind (and so may replace or remove
+// there): a fixed list, or a rule for names that vary (a checkpoint's shard-R-of-W files).
+class NameSet {
+ public:
+  NameSet(std::vector<std::string> names);  // NOLINT: a list converts implicitly
+  NameSet(std::initializer_list<std::string> names) : NameSet(std::vector<std::string>(names)) {}
+  explicit NameSet(std::function<bool(std::string_view)> rule) : rule_(std::move(rule)) {}
+  bool contains(std::string_view name) const { return rule_(name); }
+
+ private:
+  std::function<bool(std::string_view)> rule_;
+};
 
 // A whole file mapped read-only. An empty file maps to size() == 0 and data() == nullptr.
 class MappedFile {
@@ -85,7 +100,7 @@ class AtomicFileWriter {
 // `what` names the setting that chose `path` ("--out") in errors.
 class AtomicDirectory {
  public:
-  AtomicDirectory(std::filesystem::path path, std::vector<std::string> replaceable, std::string what = "");
+  AtomicDirectory(std::filesystem::path path, NameSet replaceable, std::string what = "");
   ~AtomicDirectory();
   AtomicDirectory(const AtomicDirectory&) = delete;
   AtomicDirectory& operator=(const AtomicDirectory&) = delete;
@@ -95,16 +110,16 @@ class AtomicDirectory {
  private:
   std::filesystem::path path_;
   std::filesystem::path tmp_;
-  std::vector<std::string> replaceable_;
+  NameSet replaceable_;
   std::string what_;  // "'<path>'" or "<what> '<path>'", for errors
   bool committed_ = false;
 };
 
 // The first entry of directory `dir` that is not a regular file named in `names`, or "".
-std::string first_foreign_entry(const std::filesystem::path& dir, const std::vector<std::string>& names);
+std::string first_foreign_entry(const std::filesystem::path& dir, const NameSet& names);
 // Removes the files named in `names` from `dir`, then `dir` itself. Anything else in it is
 // an error naming it (`what` says what dir is: "checkpoint"), raised before anything is removed.
-void remove_written_directory(const std::filesystem::path& dir, const std::vector<std::string>& names,
+void remove_written_directory(const std::filesystem::path& dir, const NameSet& names,
                               std::string_view what);
 
 // write_file_atomic(path, contents): the whole of `contents`, atomically.

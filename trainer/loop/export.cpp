@@ -50,15 +50,17 @@ std::unique_ptr<LlamaModel> load_trained(const fs::path& ckpt, Allocator& alloc,
   cfg.method.lora.init_from.reset();
   auto model = build_model(cfg, alloc);
   // what trained: the adapters under LoRA, every parameter under full fine-tuning
-  const SafeTensorsReader r = SafeTensorsReader::open(ckpt / "trainable.safetensors");
-  size_t loaded = 0;
+  // (any layout's checkpoint: tensors are read by their logical names)
+  const CheckpointReader r = CheckpointReader::open(ckpt);
+  size_t loaded = 0, in_checkpoint = 0;
   for (ParamRef& p : model->parameters()) {
     if (cfg.method.type == MethodType::lora && !is_adapter_name(p.name)) continue;
-    r.load_into(p.name, p.value);
+    r.read_full(p.name, p.value);
     ++loaded;
   }
-  LMTUNE_CHECK(loaded == r.size(), "'", (ckpt / "trainable.safetensors").string(), "' holds ", r.size(),
-               " tensors; the run's config.yaml describes ", loaded);
+  for (const std::string& n : r.names()) in_checkpoint += !(n.ends_with(".exp_avg") || n.ends_with(".exp_avg_sq"));
+  LMTUNE_CHECK(loaded == in_checkpoint, "checkpoint '", ckpt.string(), "' holds ", in_checkpoint,
+               " trained tensors; the run's config.yaml describes ", loaded);
   return model;
 }
 

@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 
@@ -18,8 +19,7 @@ const std::vector<std::string>& resume_fixed_keys() {
       "method.lora.alpha",  "method.lora.rslora",   "method.lora.target_modules",
       "data.format",        "data.train_files",     "data.validation_split", "data.seq_len",
       "data.packing",       "data.add_bos",         "data.add_eos",      "data.prompt_template",
-      "data.chat_template", "data.shuffle",         "data.seed",         "train.micro_batch_size",
-      "train.grad_accum_steps"};
+      "data.chat_template", "data.shuffle",         "data.seed",         "train.grad_accum_steps"};
   return keys;
 }
 
@@ -103,6 +103,19 @@ void check_resume_config(const TrainConfig& c, const fs::path& checkpoint) {
     const auto b = lookup(now, key);
     if (!a || !b || same(*a, *b)) continue;
     changed += (n_changed++ ? "; " : "") + key + " (saved: " + show(*a) + ", now: " + show(*b) + ")";
+  }
+  // The rows of one micro-batch over all data-parallel ranks: the layout may change, the
+  // global micro-batch may not (the loader's position counts its rows).
+  const auto saved_micro = lookup(saved, "train.micro_batch_size");
+  const auto saved_dp = lookup(saved, "parallel.dp");
+  const std::optional<double> m = saved_micro ? as_number(saved_micro->Scalar()) : std::nullopt;
+  const std::optional<double> d = saved_dp ? as_number(saved_dp->Scalar()) : std::optional<double>(1.0);
+  if (m && d && c.parallel.dp != ParallelSection::kAuto &&
+      *m * *d != static_cast<double>(c.train.micro_batch_size * c.parallel.dp)) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "train.micro_batch_size x parallel.dp, the global micro-batch (saved: %g x %g, now: %lld x %lld)",
+                  *m, *d, static_cast<long long>(c.train.micro_batch_size), static_cast<long long>(c.parallel.dp));
+    changed += (n_changed++ ? "; " : "") + std::string(buf);
   }
   LMTUNE_CHECK(n_changed == 0, "cannot resume '", checkpoint.string(), "': ", n_changed == 1 ? "a key" : "keys",
                " that must stay the same on resume changed: ", changed,

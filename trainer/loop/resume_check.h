@@ -3,8 +3,8 @@
 // Design note. Resuming is correct only when the run continues the same optimisation: the
 // same function being trained (model, base dtype, method and the LoRA adapters' shape and
 // scaling) and the same stream of batches (the data, how it is cut into rows, their
-// order, and how many rows make a micro-batch and a step), because the checkpoint's
-// loader position counts rows of that stream. Those keys (resume_fixed_keys()) must equal
+// order, and how many rows make a micro-batch over all data-parallel ranks (micro_batch_size
+// x dp) and a step), because the checkpoint's loader position counts rows of that stream. Those keys (resume_fixed_keys()) must equal
 // the ones in the config.yaml saved with the checkpoint; every key that differs is named
 // in one error. Everything else may change on resume, on purpose: the length and shape
 // of the schedule (max_steps, epochs, lr, warmup, min_lr_ratio, schedule), the other

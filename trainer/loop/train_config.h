@@ -153,7 +153,7 @@ struct TrainSection {
 // recompute and offload accept only their single-process values.
 struct ParallelSection {
   static constexpr int64_t kAuto = 0;  // dp: the world size divided by tp * pp
-  int64_t dp = 1;  // data-parallel ranks, or kAuto ("auto" in YAML)
+  int64_t dp = kAuto;  // data-parallel ranks, or kAuto ("auto" in YAML, the default)
   int64_t tp = 1;
   int64_t pp = 1;
   int64_t zero = 0;  // ZeRO stage 0..3

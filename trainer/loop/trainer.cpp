@@ -13,9 +13,8 @@
 
 #include "kernels/ops.h"
 #include "trainer/core/strings.h"
-#include "trainer/io/file_util.h"
-#include "trainer/io/safetensors.h"
 #include "trainer/io/checkpoint.h"
+#include "trainer/io/file_util.h"
 #include "trainer/io/run_dir.h"
 #include "trainer/loop/config_checks.h"
 #include "trainer/loop/data_report.h"
@@ -29,62 +28,6 @@ namespace lmtune {
 namespace fs = std::filesystem;
 
 namespace {
-
-uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
-  uint64_t z = a * 0x9e3779b97f4a7c15ull ^ (b + 0x632be59bd9b4e019ull) * 0xbf58476d1ce4e5b9ull ^ c;
-  z = (z ^ (z >> 31)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 29);
-}
-
-ModelOptions model_options(const TrainConfig& c) {
-  ModelOptions o;
-  o.role = c.method.type == MethodType::full ? ParamRole::trainable : ParamRole::frozen;
-  o.weight_dtype = c.model.dtype;
-  o.seed = c.train.seed;
-  if (c.method.type == MethodType::lora) {
-    const LoraSection& l = c.method.lora;
-    LoraOptions lo;
-    lo.rank = l.rank;
-    lo.alpha = l.alpha;
-    lo.dropout = l.dropout;
-    lo.rslora = l.rslora ? RsLora::yes : RsLora::no;
-    lo.targets.clear();
-    for (LoraTarget t : l.target_modules) lo.targets.emplace_back(to_string(t));
-    o.lora = lo;
-  }
-  return o;
-}
-
-DataOptions data_options(const TrainConfig& c) {
-  const DataSection& d = c.data;
-  DataOptions o;
-  o.format = d.format;
-  o.train_files = d.train_files;
-  o.validation_files = d.validation_files;
-  if (d.validation_files.empty() && d.validation_split.kind == ValidationSplitKind::fraction)
-    o.validation_fraction = d.validation_split.fraction;
-  if (d.validation_files.empty() && d.validation_split.kind == ValidationSplitKind::every_nth)
-    o.validation_every_nth = d.validation_split.every_nth;
-  o.seq_len = d.seq_len;
-  o.packing = d.packing ? Packing::on : Packing::off;
-  o.add_bos = d.add_bos ? AddBos::yes : AddBos::no;
-  o.add_eos = d.add_eos ? AddEos::yes : AddEos::no;
-  o.prompt_template = d.prompt_template;
-  o.chat_template = std::string(to_string(d.chat_template));
-  o.content_specials = d.parse_special_tokens ? SpecialTokens::parse : SpecialTokens::literal;
-  o.shuffle = d.shuffle ? Shuffle::on : Shuffle::off;
-  o.seed = d.seed;
-  return o;
-}
-
-ScheduleKind schedule_kind(LrSchedule s) {
-  switch (s) {
-    case LrSchedule::cosine: return ScheduleKind::cosine;
-    case LrSchedule::linear: return ScheduleKind::linear;
-    case LrSchedule::constant: return ScheduleKind::constant;
-  }
-  return ScheduleKind::constant;
-}
 
 std::string format_duration(double s) {
   char buf[32];
@@ -106,12 +49,15 @@ void truncate_metrics(const fs::path& file, int64_t step) {
   write_file_atomic(file, kept);
 }
 
+// metrics.jsonl, appended by the writer rank; the other ranks hold a closed one.
 class MetricsLog {
  public:
+  MetricsLog() = default;
   explicit MetricsLog(const fs::path& file) : out_(file, std::ios::app) {
     LMTUNE_CHECK(out_.good(), "cannot write '", file.string(), "'");
   }
   void write(const nlohmann::json& j) {
+    if (!out_.is_open()) return;
     out_ << j.dump() << "\n";
     out_.flush();
   }
@@ -125,25 +71,34 @@ struct EvalResult {
   int64_t tokens = 0;
 };
 
-EvalResult evaluate(LlamaModel& model, const PackedDataset& val, int64_t micro_batch, int64_t max_batches) {
+// The validation loss over the first eval_batches global micro-batches (B * dp rows each):
+// data-parallel rank r evaluates rows [r B, (r+1) B) of each, and the sums are reduced, so
+// every layout evaluates the same rows one process does.
+EvalResult evaluate(LlamaModel& model, const PackedDataset& val, int64_t B, int64_t max_batches, Communicator& dp) {
   EvalResult r;
   if (val.num_rows() == 0) return r;
   Allocator& alloc = model.allocator();
-  const int64_t T = val.seq_len();
-  double sum = 0;
-  for (int64_t b = 0, row = 0; b < max_batches && row < val.num_rows(); ++b) {
-    const int64_t B = std::min(micro_batch, val.num_rows() - row);
+  const int64_t T = val.seq_len(), G = B * dp.size();
+  double sums[1] = {0.0};
+  int64_t tokens[1] = {0};
+  for (int64_t b = 0; b < max_batches && b * G < val.num_rows(); ++b) {
+    const int64_t first = b * G + dp.rank() * B;
+    const int64_t n = std::min(B, val.num_rows() - first);
+    if (n <= 0) continue;
     std::vector<int32_t> tok, tgt;
-    for (int64_t i = 0; i < B; ++i, ++row) {
+    for (int64_t row = first; row < first + n; ++row) {
       const auto in = val.inputs(row), out = val.targets(row);
       tok.insert(tok.end(), in.begin(), in.end());
       tgt.insert(tgt.end(), out.begin(), out.end());
     }
-    const LossResult l = model.forward_loss(make_token_tensor(alloc, tok, B, T), make_token_tensor(alloc, tgt, B, T));
-    sum += l.sum;
-    r.tokens += l.count;
+    const LossResult l = model.forward_loss(make_token_tensor(alloc, tok, n, T), make_token_tensor(alloc, tgt, n, T));
+    sums[0] += l.sum;
+    tokens[0] += l.count;
   }
-  r.loss = r.tokens ? sum / static_cast<double>(r.tokens) : 0.0;
+  dp.all_reduce(std::span<double>(sums), ReduceOp::sum);
+  dp.all_reduce(std::span<int64_t>(tokens), ReduceOp::sum);
+  r.tokens = tokens[0];
+  r.loss = r.tokens ? sums[0] / static_cast<double>(r.tokens) : 0.0;
   return r;
 }
 
@@ -153,134 +108,119 @@ std::string sample_text(LlamaModel& model, const Tokenizer& tok, const TrainConf
   s.temperature = 0.0f;
   s.max_new_tokens = std::min<int64_t>(c.train.sample_tokens,
                                        model.config().max_position_embeddings - static_cast<int64_t>(prompt.size()));
-  if (s.max_new_tokens <= 0 || prompt.empty()) return c.train.sample_prompt;  // empty: no BOS (Qwen), no text
+  if (s.max_new_tokens <= 0) return c.train.sample_prompt;
   const std::vector<int32_t> ids = generate(model, prompt, s, nullptr);
   std::vector<int32_t> all = prompt;
   all.insert(all.end(), ids.begin(), ids.end());
   return tok.decode(all);
 }
 
-// One optimizer step over `micro` (gradient accumulation): returns the mean loss over the
-// step's targets; the gradient norm before clipping goes to *grad_norm_out. A non-finite
-// loss returns before the update.
-double run_step(LlamaModel& model, AdamW& adam, const std::vector<ParamRef>& trainable,
-                const std::vector<Batch>& micro, const TrainConfig& c, int64_t step, double lr, double* grad_norm_out) {
-  Allocator& alloc = model.allocator();
-  model.zero_grads();
-  int64_t n_targets = 0;
-  for (const Batch& b : micro) n_targets += b.num_targets;
-  LMTUNE_ASSERT(n_targets > 0, "a step without training targets");
-  double loss_sum = 0;
-  alloc.set_phase("train step");
-  for (size_t i = 0; i < micro.size(); ++i) {
-    const Batch& b = micro[i];
-    const MicroBatchContext ctx{mix_seed(c.train.seed, static_cast<uint64_t>(step), i), 0};
-    loss_sum += model
-                    .forward_backward(make_token_tensor(alloc, b.tokens, b.B, b.T),
-                                      make_token_tensor(alloc, b.targets, b.B, b.T),
-                                      static_cast<float>(1.0 / static_cast<double>(n_targets)), ctx)
-                    .sum;
+// Every rank must run the same config: a different override on one rank would otherwise
+// show up as a hang or as silently different work. One gather, before anything else.
+void check_same_config(Communicator& world, const std::string& yaml) {
+  const std::vector<std::string> all = world.all_gather_bytes(yaml);
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r] == all[0]) continue;
+    std::istringstream a(all[0]), b(all[r]);
+    std::string la, lb;
+    int line = 0;
+    while (true) {
+      const bool ga = static_cast<bool>(std::getline(a, la)), gb = static_cast<bool>(std::getline(b, lb));
+      ++line;
+      if (!ga && !gb) break;
+      if (!ga || !gb || la != lb) break;
+    }
+    LMTUNE_THROW("rank ", r, " runs another config than rank 0 (every rank must be given the same config file and "
+                 "overrides); the resolved configs first differ at line ", line, ": rank 0 has '", la, "', rank ", r,
+                 " has '", lb, "'");
   }
-  const double loss = loss_sum / static_cast<double>(n_targets);
-  if (!alloc.device().is_meta() && !std::isfinite(loss)) return loss;
-  alloc.set_phase("optimizer step");
-  *grad_norm_out = clip_grad_norm(trainable, c.train.max_grad_norm);
-  adam.step(lr);
-  alloc.set_phase("");
-  return loss;
 }
 
-AdamWOptions adam_options(const TrainConfig& c) {
-  return {c.train.adam_beta1, c.train.adam_beta2, c.train.adam_eps, c.train.weight_decay};
+// Agreement on a stop request: the first signal any rank received (0: none).
+int agreed_stop(Communicator& world) {
+  int64_t sig[1] = {stop_requested()};
+  if (world.size() > 1) world.all_reduce(std::span<int64_t>(sig), ReduceOp::max);
+  return static_cast<int>(sig[0]);
 }
 
 }  // namespace
 
-MemoryStats predict_train_step_memory(const TrainConfig& c) {
-  auto alloc = Allocator::create(Device::meta());
-  auto model = build_model(c, *alloc);
-  model->allocate_grads();
-  const std::vector<ParamRef> trainable = model->trainable_parameters();
-  AdamW adam(trainable, *alloc, adam_options(c));
-  const int64_t B = c.train.micro_batch_size, T = c.data.seq_len;
-  std::vector<Batch> micro(static_cast<size_t>(c.train.grad_accum_steps));
-  for (Batch& b : micro) {
-    b.tokens.assign(static_cast<size_t>(B * T), 0);
-    b.targets.assign(static_cast<size_t>(B * T), 0);
-    b.B = B;
-    b.T = T;
-    b.num_targets = B * T;
-  }
-  double gnorm = 0;
-  run_step(*model, adam, trainable, micro, c, 0, c.train.lr, &gnorm);
-  return alloc->stats();
+TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progress, std::ostream& log) {
+  const SingleProcess single;
+  return train(config, alloc, progress, log, single.env());
 }
 
-void load_adapter_file(LlamaModel& model, const fs::path& file) {
-  const SafeTensorsReader r = SafeTensorsReader::open(file);
-  int64_t loaded = 0;
-  for (ParamRef& p : model.parameters()) {
-    if (!is_adapter_name(p.name)) continue;
-    r.load_into("base_model.model." + p.name, p.value);
-    ++loaded;
-  }
-  LMTUNE_CHECK(loaded > 0, "'", file.string(), "': the model has no LoRA adapters to load into");
-}
-
-std::unique_ptr<LlamaModel> build_model(const TrainConfig& c, Allocator& alloc) {
-  auto model = LlamaModel::load(c.model.path, alloc, model_options(c));
-  if (c.method.type == MethodType::lora && c.method.lora.init_from) load_adapter_file(*model, *c.method.lora.init_from);
-  return model;
-}
-
-TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, std::ostream& log) {
+TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progress, std::ostream& log,
+                   const ParallelEnv& env) {
   using Clock = std::chrono::steady_clock;
+  const RunContext& run = env.run;
+  Communicator& world = *env.world;
+  Communicator& dp = *env.dp;
+  const bool writer = run.writer();
+  if (!writer) progress = Progress::quiet;
   if (progress == Progress::auto_detect) progress = isatty(STDERR_FILENO) ? Progress::bar : Progress::lines;
-  ops::set_num_threads(static_cast<int>(c.train.threads));
-  LMTUNE_CHECK(c.parallel.dp == 1 || c.parallel.dp == ParallelSection::kAuto, "parallel.dp is ", c.parallel.dp,
-               " but this is a single process; start ", c.parallel.dp, " ranks with `lmtune launch --nproc-per-node ",
-               c.parallel.dp, " -- train ...` or mpirun");
+  const bool talk = progress != Progress::quiet;
 
-  // The run directory: this process writes it (under multi-process training, rank 0 alone
-  // takes the lock). Where to start is decided under the lock, and everything that can be
-  // checked is checked before anything in the directory changes.
-  RunDirLock run_dir = RunDirLock::acquire(c.output.dir, "output.dir");
+  const TrainConfig c = resolve_layout(config, run.world);
+  check_same_config(world, to_yaml(c));
+  LMTUNE_CHECK(dp.size() == c.parallel.dp, "internal: a data-parallel group of ", dp.size(), " ranks for dp ",
+               c.parallel.dp);
+  const int threads = effective_threads(c, run);
+  ops::set_num_threads(threads);
+
+  // The run directory: the writer locks it. Where to start is decided under the lock (and
+  // told to the other ranks), and everything that can be checked is checked before
+  // anything in the directory changes.
+  std::optional<RunDirLock> run_dir;
+  if (writer) run_dir.emplace(RunDirLock::acquire(c.output.dir, "output.dir"));
   std::optional<fs::path> resume_dir;
   if (c.train.resume_from.mode == ResumeMode::checkpoint) resume_dir = c.train.resume_from.dir;
-  if (c.train.resume_from.mode == ResumeMode::latest) resume_dir = latest_checkpoint(c.output.dir);
+  if (c.train.resume_from.mode == ResumeMode::latest) {
+    const std::string latest =
+        world.broadcast_bytes(writer ? latest_checkpoint(c.output.dir).value_or(fs::path()).string() : "", 0);
+    if (!latest.empty()) resume_dir = latest;
+  }
   if (resume_dir) check_resume_config(c, *resume_dir);
   const fs::path model_config = c.model.path / "config.json";
   check_config_against_model(c, load_llama_config(model_config), model_config);
   alloc.set_oom_advice(train_oom_advice(c));
 
-  // Data.
+  // This rank's step, predicted on the meta device (milliseconds; reported at the end).
+  const MemoryStats predicted = predict_train_step_memory(c, *env.meta_dp, env.grad_sync);
+
+  // Data: every rank reads it all and takes its shard of each global micro-batch.
   const Tokenizer tok = Tokenizer::from_model_dir(c.model.path);
   const DataSplit data = load_data(data_options(c), tok);
-  if (data.chat_format && progress != Progress::quiet) {
+  if (data.chat_format && talk) {
     log << "chat template: " << data.chat_format->renderer
         << (c.data.chat_template == ChatTemplate::auto_detect
                 ? (tok.chat_template().empty() ? " (auto: the model declares none)" : " (auto: declared by the model)")
                 : "")
         << "\n";
   }
-  LMTUNE_CHECK(data.train.num_rows() >= c.train.micro_batch_size, "the training data gives ", data.train.num_rows(),
-               " rows of ", c.data.seq_len, " tokens, fewer than one micro-batch (train.micro_batch_size = ",
-               c.train.micro_batch_size, ")");
+  const int64_t global_micro = c.train.micro_batch_size * dp.size();
+  LMTUNE_CHECK(data.train.num_rows() >= global_micro, "the training data gives ", data.train.num_rows(), " rows of ",
+               c.data.seq_len, " tokens, fewer than one micro-batch (train.micro_batch_size ",
+               c.train.micro_batch_size, dp.size() > 1 ? " x parallel.dp " + std::to_string(dp.size()) : std::string(),
+               ")");
   const DataFingerprint fingerprint{data.train.num_rows(), data.train.content_hash()};
   if (resume_dir) check_resume_data(*resume_dir, read_trainer_state(*resume_dir), fingerprint, c);
-  DataLoader loader(data.train, c.train.micro_batch_size, c.data.seed);
+  DataLoader loader(data.train, c.train.micro_batch_size, c.data.seed, DataShard{dp.rank(), dp.size()});
   const int64_t accum = c.train.grad_accum_steps;
   const int64_t steps_per_epoch = std::max<int64_t>(1, loader.steps_per_epoch() / accum);
   const int64_t total_steps =
       c.train.max_steps ? *c.train.max_steps
                         : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(*c.train.epochs * steps_per_epoch)));
 
-  // Model and optimizer.
+  // Model, optimizer, step.
   LMTUNE_CHECK(alloc.device().is_cpu(), "training runs on the CPU in this release, not on ", alloc.device().str());
   auto model = build_model(c, alloc);
-  model->allocate_grads();
+  model->allocate_grads(grad_bucket_bytes(c));
   std::vector<ParamRef> trainable = model->trainable_parameters();
   AdamW adam(trainable, alloc, adam_options(c));
+  std::unique_ptr<GradientSync> sync;
+  if (dp.size() > 1) sync = env.grad_sync(*model, dp, c);
+  StepEngine engine(*model, adam, dp, sync.get(), {c.train.seed, c.train.max_grad_norm});
   ScheduleOptions sched{schedule_kind(c.train.schedule), c.train.lr, c.train.min_lr_ratio, c.train.warmup_steps,
                         total_steps};
   auto named_trainable = [&] {
@@ -300,36 +240,48 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
   }
 
   // Everything is in place: the run takes the directory.
-  prepare_run_dir(run_dir, resume_dir ? RunStart::resume : RunStart::fresh,
-                  c.output.overwrite ? Overwrite::yes : Overwrite::no);
-  run_dir.keep();
   const std::string config_yaml = to_yaml(c);
-  write_file_atomic(c.output.dir / "config.yaml", config_yaml);
-  if (progress != Progress::quiet) log << "resolved config:\n" << config_yaml << std::flush;
-  if (resume_dir) {
-    truncate_metrics(c.output.dir / "metrics.jsonl", start);
-    if (progress != Progress::quiet) log << "resumed from " << resume_dir->string() << " at step " << start << "\n";
+  MetricsLog metrics;
+  if (writer) {
+    prepare_run_dir(*run_dir, resume_dir ? RunStart::resume : RunStart::fresh,
+                    c.output.overwrite ? Overwrite::yes : Overwrite::no);
+    run_dir->keep();
+    write_file_atomic(c.output.dir / "config.yaml", config_yaml);
+    if (resume_dir) truncate_metrics(c.output.dir / "metrics.jsonl", start);
+    metrics = MetricsLog(c.output.dir / "metrics.jsonl");
+    if (!resume_dir) metrics.write({{"step", 0}, {"data", data_stats_json(data)}});
   }
-  MetricsLog metrics(c.output.dir / "metrics.jsonl");
-  if (!resume_dir) metrics.write({{"step", 0}, {"data", data_stats_json(data)}});
-  if (progress != Progress::quiet) log << data_loss_report(data, c.data.seq_len, data_options(c).packing);
-  int64_t trainable_count = 0;
-  for (const ParamRef& p : trainable) trainable_count += p.value.numel();
-  if (progress != Progress::quiet) {
+  world.barrier();  // the other ranks write into the run directory only once it is prepared
+  if (talk) {
+    log << "resolved config:\n" << config_yaml;
+    if (resume_dir) log << "resumed from " << resume_dir->string() << " at step " << start << "\n";
+    log << data_loss_report(data, c.data.seq_len, data_options(c).packing);
+    int64_t trainable_count = 0;
+    for (const ParamRef& p : trainable) trainable_count += p.value.numel();
+    log << "ranks: " << run.world << " (dp " << dp.size() << "), " << threads << " thread" << (threads == 1 ? "" : "s")
+        << " per rank; global batch " << dp.size() << " x " << c.train.micro_batch_size << " x " << accum << " = "
+        << global_micro * accum << " rows of " << c.data.seq_len << " tokens\n";
     log << "training " << trainable_count << " parameters for " << total_steps << " steps ("
-        << data.train.num_rows() << " rows of " << c.data.seq_len << " tokens, " << steps_per_epoch
-        << " steps per epoch); validation: " << data.validation.num_rows() << " rows\n";
+        << data.train.num_rows() << " rows, " << steps_per_epoch << " steps per epoch); validation: "
+        << data.validation.num_rows() << " rows\n";
+    if (c.train.warmup_steps > total_steps)
+      log << "note: train.warmup_steps (" << c.train.warmup_steps << ") is longer than the run (" << total_steps
+          << " steps): the learning rate rises for the whole run and never reaches train.lr\n";
+    log << std::flush;
   }
 
   TrainSummary summary;
   summary.run_dir = c.output.dir;
   auto save = [&](int64_t step) {
-    CheckpointContents cc{named_trainable(), adam.state(), {step, adam.steps_taken(), loader.state(), fingerprint},
-                          config_yaml};
-    summary.last_checkpoint = save_checkpoint(c.output.dir, cc);
+    auto tensors = named_trainable();
+    for (auto& t : adam.state()) tensors.push_back(t);
+    // Every rank holds all of them (data parallelism): each writes its even share.
+    summary.last_checkpoint =
+        save_checkpoint(c.output.dir, even_share(tensors, world.rank(), world.size()),
+                        {step, adam.steps_taken(), loader.state(), fingerprint}, config_yaml, run, world);
   };
   auto run_eval = [&](int64_t step) {
-    const EvalResult e = evaluate(*model, data.validation, c.train.micro_batch_size, c.train.eval_batches);
+    const EvalResult e = evaluate(*model, data.validation, c.train.micro_batch_size, c.train.eval_batches, dp);
     nlohmann::json j = {{"step", step}};
     if (e.tokens > 0) {
       j["val_loss"] = e.loss;
@@ -337,9 +289,9 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
       summary.validation_loss = e.loss;
     }
     std::string sample;
-    if (c.train.sample_tokens > 0) j["sample"] = sample = sample_text(*model, tok, c);
+    if (writer && c.train.sample_tokens > 0) j["sample"] = sample = sample_text(*model, tok, c);
     metrics.write(j);
-    if (progress == Progress::quiet) return;
+    if (!talk) return;
     if (progress == Progress::bar) log << "\n";
     if (e.tokens > 0) {
       char buf[160];
@@ -350,29 +302,32 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
     if (!sample.empty()) log << "sample: " << sample << "\n";
     log << std::flush;
   };
+  auto finish = [&]() -> TrainSummary& {
+    const RankMemory mine{run.rank, alloc.stats(), predicted, process_peak_rss()};
+    summary.memory = gather_rank_memory(world, mine);
+    if (writer) write_memory_json(c.output.dir / "memory.json", summary.memory);
+    return summary;
+  };
 
   const auto t0 = Clock::now();
   double tokens_done = 0;
   summary.steps = start;
-  if ((summary.stop_signal = stop_requested()) != 0) return summary;  // asked to stop while loading
+  if ((summary.stop_signal = agreed_stop(world)) != 0) return finish();  // asked to stop while loading
   for (int64_t step = start; step < total_steps; ++step) {
     const auto ts = Clock::now();
     std::vector<Batch> micro;
-    for (int64_t i = 0; i < accum; ++i) {
-      micro.push_back(loader.next());
-      tokens_done += static_cast<double>(micro.back().B * micro.back().T);
-    }
+    for (int64_t i = 0; i < accum; ++i) micro.push_back(loader.next());
+    tokens_done += static_cast<double>(global_micro * accum * c.data.seq_len);
     const double lr = learning_rate(sched, step);
-    double gnorm = 0;
-    const double loss = run_step(*model, adam, trainable, micro, c, step, lr, &gnorm);
-    if (!std::isfinite(loss)) {
+    const StepResult r = engine.step(micro, step, lr);
+    if (!r.finite()) {
       const auto last = latest_checkpoint(c.output.dir);
-      LMTUNE_THROW("the loss became ", loss, " at step ", step + 1,
+      LMTUNE_THROW("the loss became ", r.loss, " at step ", step + 1,
                    "; training stopped without saving this step. Try a lower train.lr (now ", c.train.lr,
                    "), more train.warmup_steps, or train.max_grad_norm > 0",
                    last ? "; the last good checkpoint is " + last->string() : std::string("; no checkpoint was saved"));
     }
-    summary.last_loss = loss;
+    summary.last_loss = r.loss;
     const int64_t done = step + 1;
 
     const double step_s = std::chrono::duration<double>(Clock::now() - ts).count();
@@ -380,39 +335,42 @@ TrainSummary train(const TrainConfig& c, Allocator& alloc, Progress progress, st
     const double tok_s = tokens_done / std::max(elapsed, 1e-9);
     const double eta = elapsed / static_cast<double>(done - start) * static_cast<double>(total_steps - done);
     const int64_t peak = alloc.stats().allocated.peak;
-    metrics.write({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tok_s},
-                   {"step_seconds", step_s}, {"peak_allocated_bytes", peak}});
+    nlohmann::json m = {{"step", done},       {"loss", r.loss},         {"lr", lr},
+                        {"grad_norm", r.grad_norm}, {"tokens_per_s", tok_s}, {"step_seconds", step_s},
+                        {"peak_allocated_bytes", peak}};
+    if (sync) m["reduced_bytes"] = sync->bytes_reduced();
+    metrics.write(m);
     char line[256];
     if (progress == Progress::bar) {
       const int width = 24, filled = static_cast<int>(width * done / total_steps);
       std::snprintf(line, sizeof line, "\r[%s%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s ETA %s peak %s   ",
                     std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
-                    static_cast<long long>(done), static_cast<long long>(total_steps), loss, lr, tok_s,
+                    static_cast<long long>(done), static_cast<long long>(total_steps), r.loss, lr, tok_s,
                     format_duration(eta).c_str(), format_bytes(peak).c_str());
       log << line << std::flush;
     } else if (progress == Progress::lines && (done % c.train.log_every == 0 || done == total_steps)) {
       std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f tok/s ETA %s peak %s\n",
-                    static_cast<long long>(done), static_cast<long long>(total_steps), loss, lr, gnorm, tok_s,
+                    static_cast<long long>(done), static_cast<long long>(total_steps), r.loss, lr, r.grad_norm, tok_s,
                     format_duration(eta).c_str(), format_bytes(peak).c_str());
       log << line << std::flush;
     }
     const bool last_step = done == total_steps;
-    // A stop request (a signal) is served here, at the step boundary: this step is saved.
-    // Under multi-process training the ranks agree on it first (one all-reduce).
-    if (const int sig = stop_requested(); sig != 0 && !last_step) {
+    // A stop request (a signal, on any rank) is served here, at the step boundary, by
+    // every rank alike: this step is saved.
+    if (const int sig = agreed_stop(world); sig != 0 && !last_step) {
       if (progress == Progress::bar) log << "\n";
       save(done);
       summary.steps = done;
       summary.stop_signal = sig;
-      return summary;
+      return finish();
     }
     if ((c.train.eval_every > 0 && done % c.train.eval_every == 0) || last_step) run_eval(done);
     if ((c.train.save_every > 0 && done % c.train.save_every == 0) || last_step) save(done);
   }
   if (progress == Progress::bar) log << "\n";
-  if (start >= total_steps && progress != Progress::quiet) log << "nothing to do: the run is already at step " << start << "\n";
+  if (start >= total_steps && talk) log << "nothing to do: the run is already at step " << start << "\n";
   summary.steps = total_steps;
-  return summary;
+  return finish();
 }
 
 }  // namespace lmtune

@@ -1,0 +1,11 @@
+#include "trainer/loop/parallel_env.h"
+
+namespace lmtune {
+
+SingleProcess::SingleProcess() : world_(make_local_communicator()), meta_(make_local_communicator()) {
+  env_.world = world_.get();
+  env_.dp = world_.get();
+  env_.meta_dp = meta_.get();
+}
+
+}  // namespace lmtune
