@@ -280,7 +280,7 @@ int run_train(const Args& args, Allocator& alloc, Output out, const RunContext& 
   const bool writer = ctx.writer();
   if (writer && args.flag("memory-report")) {
     print_memory_report(s.memory.at(0).measured, s.memory.at(0).predicted, alloc.device(),
-                        "one training step of rank 0");
+                        "the run of rank 0, replayed");
     if (s.memory.size() > 1) print_rank_table(s.memory);
   }
   if (s.stop_signal != 0) {  // said even under --quiet: the run did not finish

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/processes.h"
 #include "common/test_models.h"
 
 namespace lmtune {
@@ -49,73 +50,6 @@ int usable_cores() {
   CPU_ZERO(&set);
   sched_getaffinity(0, sizeof set, &set);
   return CPU_COUNT(&set);
-}
-
-// A child running `command` (through sh, which execs it, so the pid is the command's),
-// with stdout and stderr in files.
-struct Spawned {
-  pid_t pid;
-  fs::path out, err;
-};
-
-Spawned spawn(const std::string& command) {
-  const fs::path d = testing::temp_dir("lmtune-launch");
-  Spawned s{0, d / "out", d / "err"};
-  const std::string full = "exec " + command + " >" + q(s.out) + " 2>" + q(s.err);
-  s.pid = fork();
-  if (s.pid == 0) {
-    execl("/bin/sh", "sh", "-c", full.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return s;
-}
-
-int wait_exit_code(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-std::vector<pid_t> children_of(pid_t parent) {
-  std::vector<pid_t> out;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream f(e.path() / "stat");
-    std::string stat((std::istreambuf_iterator<char>(f)), {});
-    const size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 2));
-    char state;
-    pid_t ppid;
-    if (rest >> state >> ppid && ppid == parent) out.push_back(std::stoi(name));
-  }
-  return out;
-}
-
-// Whether `pid` has a handler installed for `sig` (SigCgt in /proc/PID/status).
-bool catches(pid_t pid, int sig) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("SigCgt:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> (sig - 1)) & 1;
-  return false;
-}
-
-// Waits until the launcher's mpirun has started `ranks` ranks and each has installed the
-// SIGUSR2 relay (so a signal now is a real test of the path, not of startup).
-bool wait_for_ranks(pid_t launcher, int ranks) {
-  const auto t0 = Clock::now();
-  while (seconds_since(t0) < 120) {
-    for (pid_t mpirun : children_of(launcher)) {
-      const std::vector<pid_t> rs = children_of(mpirun);
-      int ready = 0;
-      for (pid_t r : rs) ready += catches(r, SIGUSR2) ? 1 : 0;
-      if (ready == ranks && catches(mpirun, SIGUSR2)) return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return false;
 }
 
 // A long text (the Moby-Dick training chapters), so that perplexity runs for minutes.
@@ -154,18 +88,19 @@ TEST(Launch, BadArgumentEndsTheJobWithExitCodeOne) {
 void signal_perplexity(int sig, int expected_rank_signal) {
   const fs::path dir = testing::stories15m_hf_dir();
   if (dir.empty()) GTEST_SKIP() << "stories15M not fetched";
-  const Spawned s = spawn(std::string(LMTUNE_BINARY) + " launch --nproc-per-node 2 --grace-period 1 -- perplexity " +
+  const testing::Background s = testing::start_lmtune("launch --nproc-per-node 2 --grace-period 1 -- perplexity " +
                           q(dir) + " --text-file " + q(long_text()));
-  ASSERT_TRUE(wait_for_ranks(s.pid, 2)) << slurp(s.err);
+  ASSERT_FALSE(testing::wait_for_ranks(s.pid, 2).empty()) << slurp(s.err);
   const auto t0 = Clock::now();
   kill(s.pid, sig);
-  const int code = wait_exit_code(s.pid);
-  const std::string err = slurp(s.err);
+  const testing::RunResult r = testing::wait_lmtune(s);
+  const int code = r.exit_code;
+  const std::string& err = r.err;
   // the ranks ended by the signal itself (128 + its number), not by SIGKILL (137)
   EXPECT_EQ(code, 128 + expected_rank_signal) << err;
   EXPECT_TRUE(contains(err, "exited on signal " + std::to_string(expected_rank_signal))) << err;
   EXPECT_FALSE(contains(err, "signal 9")) << err;
-  EXPECT_EQ(slurp(s.out), "");  // no rank finished
+  EXPECT_EQ(r.out, "");  // no rank finished
   EXPECT_LT(seconds_since(t0), 30) << err;
 }
 

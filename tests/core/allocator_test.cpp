@@ -112,6 +112,80 @@ TEST(Allocator, MetaMatchesCpuForARandomSequence) {
   }
 }
 
+// Segments handed out at falling addresses (as a top-down mmap does) or in a scrambled
+// order: the allocator must choose the same blocks as over rising fake addresses, since
+// its ties are broken by segment age, never by raw addresses across segments.
+class ScrambledSource final : public SegmentSource {
+ public:
+  uintptr_t map(size_t bytes) override {
+    // a fresh 1 TiB window per segment, windows in a pseudo-random order
+    const uint64_t slot = (n_++ * 7919) % 4096;
+    return (uintptr_t{1} << 50) - (slot + 1) * (uintptr_t{1} << 40);
+  }
+  void unmap(uintptr_t, size_t) override {}
+  Device device() const override { return Device::meta(); }
+
+ private:
+  uint64_t n_ = 0;
+};
+
+TEST(Allocator, ChoicesDoNotDependOnSegmentAddresses) {
+  auto rising = Allocator::create(Device::meta());
+  Allocator scrambled(std::make_unique<ScrambledSource>());
+  std::mt19937 rng(11);
+  std::vector<std::pair<Block, Block>> live;
+  for (int i = 0; i < 3000; ++i) {
+    if (!live.empty() && rng() % 3 == 0) {
+      const size_t k = rng() % live.size();
+      rising->free(live[k].first);
+      scrambled.free(live[k].second);
+      live.erase(live.begin() + static_cast<long>(k));
+    } else {
+      // sizes that tie often: a few fixed sizes, small and large
+      static constexpr size_t kSizes[] = {4096, 65536, 1u << 20, 3u << 20, 12u << 20, 700};
+      const size_t bytes = kSizes[rng() % 6];
+      live.emplace_back(rising->allocate(bytes, MemCategory::activations),
+                        scrambled.allocate(bytes, MemCategory::activations));
+    }
+    if (i % 500 == 0) {
+      rising->empty_cache();
+      scrambled.empty_cache();
+    }
+    ASSERT_EQ(rising->stats().reserved.current, scrambled.stats().reserved.current) << "event " << i;
+  }
+  EXPECT_EQ(rising->stats().reserved.peak, scrambled.stats().reserved.peak);
+  EXPECT_EQ(rising->state_fingerprint(), scrambled.state_fingerprint());
+  for (auto& [a, b] : live) {
+    rising->free(a);
+    scrambled.free(b);
+  }
+}
+
+TEST(Allocator, FingerprintSeesThePoolShapeNotTheHistory) {
+  auto a = Allocator::create(Device::meta());
+  const Block keep = a->allocate(5000, MemCategory::weights);
+  auto cycle = [&] {  // what one training step does to the pool: take, then give back
+    const Block x = a->allocate(3u << 20, MemCategory::activations);
+    const Block y = a->allocate(100, MemCategory::workspace);
+    a->free(x);
+    a->free(y);
+  };
+  cycle();
+  const uint64_t after_one = a->state_fingerprint();
+  cycle();
+  EXPECT_EQ(a->state_fingerprint(), after_one) << "a repeat that changes nothing keeps the fingerprint";
+  const Block held = a->allocate(100, MemCategory::activations);
+  EXPECT_NE(a->state_fingerprint(), after_one) << "a block still held is part of the state";
+  a->free(held);
+  EXPECT_EQ(a->state_fingerprint(), after_one) << "freed, the small chunk coalesces back";
+  const Block big = a->allocate(30u << 20, MemCategory::activations);  // a new segment
+  a->free(big);
+  EXPECT_NE(a->state_fingerprint(), after_one) << "a cached segment more is another state";
+  a->empty_cache();
+  EXPECT_NE(a->state_fingerprint(), after_one) << "empty_cache also returns the step's own free segments";
+  a->free(keep);
+}
+
 TEST(Allocator, OutOfMemoryNamesTheNumbersAndCategory) {
   auto a = Allocator::create(Device::meta(), 64 << 20);
   const Block b = a->allocate(40 << 20, MemCategory::weights);

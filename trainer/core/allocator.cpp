@@ -98,9 +98,10 @@ bool Allocator::grow(size_t rounded, bool small) {
   if (stats_.reserved.current + static_cast<int64_t>(seg) > capacity_) return false;
   const uintptr_t addr = source_->map(seg);
   if (addr == 0) return false;
-  segments_[addr] = Segment{seg, small};
-  chunks_[addr] = Chunk{addr, seg, addr, small, true};
-  (small ? free_small_ : free_large_).insert({seg, addr});
+  const uint64_t seq = next_seq_++;
+  segments_[addr] = Segment{seg, small, seq};
+  const Chunk& c = chunks_[addr] = Chunk{addr, seg, addr, seq, small, true};
+  (small ? free_small_ : free_large_).insert(c.key());
   stats_.reserved.add(static_cast<int64_t>(seg));
   ++stats_.num_segments;
   return true;
@@ -111,7 +112,7 @@ Block Allocator::allocate(size_t bytes, MemCategory category) {
   const size_t rounded = round_size(bytes);
   const bool small = rounded <= kSmallSize;
   auto& pool = small ? free_small_ : free_large_;
-  auto it = pool.lower_bound({rounded, 0});
+  auto it = pool.lower_bound({rounded, 0, 0});
   if (it == pool.end()) {
     bool ok = grow(rounded, small);
     if (!ok) {
@@ -130,7 +131,7 @@ Block Allocator::allocate(size_t bytes, MemCategory category) {
                          format_bytes(stats_.reserved.current), ", allocated ", format_bytes(stats_.allocated.current),
                          "). To fit: ", oom_advice_, "."));
     }
-    it = pool.lower_bound({rounded, 0});
+    it = pool.lower_bound({rounded, 0, 0});
     LMTUNE_ASSERT(it != pool.end());
   }
   const uintptr_t addr = it->addr;
@@ -139,8 +140,8 @@ Block Allocator::allocate(size_t bytes, MemCategory category) {
   const size_t remainder = c.size - rounded;
   const bool split = small ? remainder >= kAlignment : remainder > kSmallSize;
   if (split) {
-    chunks_[addr + rounded] = Chunk{addr + rounded, remainder, c.segment, small, true};
-    pool.insert({remainder, addr + rounded});
+    const Chunk& rest = chunks_[addr + rounded] = Chunk{addr + rounded, remainder, c.segment, c.seq, small, true};
+    pool.insert(rest.key());
     c.size = rounded;
   }
   c.free = false;
@@ -160,7 +161,7 @@ void Allocator::free(const Block& block) {
   // coalesce with the next chunk
   auto next = std::next(it);
   if (next != chunks_.end() && next->second.free && next->second.segment == c.segment) {
-    pool.erase({next->second.size, next->second.addr});
+    pool.erase(next->second.key());
     c.size += next->second.size;
     chunks_.erase(next);
   }
@@ -168,21 +169,21 @@ void Allocator::free(const Block& block) {
   if (it != chunks_.begin()) {
     auto prev = std::prev(it);
     if (prev->second.free && prev->second.segment == c.segment) {
-      pool.erase({prev->second.size, prev->second.addr});
+      pool.erase(prev->second.key());
       prev->second.size += c.size;
       chunks_.erase(it);
-      pool.insert({prev->second.size, prev->second.addr});
+      pool.insert(prev->second.key());
       return;
     }
   }
   c.free = true;
   it->second = c;
-  pool.insert({c.size, c.addr});
+  pool.insert(c.key());
 }
 
 void Allocator::release_segment(uintptr_t addr) {
   const Segment seg = segments_.at(addr);
-  (seg.small ? free_small_ : free_large_).erase({seg.size, addr});
+  (seg.small ? free_small_ : free_large_).erase({seg.size, seg.seq, addr});
   chunks_.erase(addr);
   source_->unmap(addr, seg.size);
   stats_.reserved.add(-static_cast<int64_t>(seg.size));
@@ -235,6 +236,31 @@ void Allocator::enable_timeline(bool on) {
 std::vector<TimelineEvent> Allocator::timeline() const {
   std::lock_guard<std::mutex> lock(mu_);
   return timeline_;
+}
+
+uint64_t Allocator::state_fingerprint() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over 64-bit words
+  auto mix = [&h](uint64_t v) {
+    h ^= v;
+    h *= 0x100000001b3ull;
+  };
+  std::map<uint64_t, uintptr_t> by_seq;  // segments in creation order
+  for (const auto& [addr, seg] : segments_) by_seq[seg.seq] = addr;
+  uint64_t order = 0;  // only the relative order of segments matters to future choices
+  for (const auto& [seq, addr] : by_seq) {
+    const Segment& seg = segments_.at(addr);
+    mix(order++);
+    mix(seg.size);
+    mix(seg.small);
+    for (auto it = chunks_.find(addr); it != chunks_.end() && it->second.segment == addr; ++it) {
+      mix(it->second.addr - addr);
+      mix(it->second.size);
+      mix(it->second.free);
+    }
+  }
+  for (const Stat& c : stats_.category) mix(static_cast<uint64_t>(c.current));
+  return h;
 }
 
 }  // namespace lmtune

@@ -12,7 +12,9 @@
 //     kSmallSegment (2 MiB) segments; larger ones from the large pool, whose segments are
 //     kLargeSegment (20 MiB) for requests < 10 MiB and the request rounded up to 2 MiB
 //     otherwise. (The same shape as PyTorch's CUDACachingAllocator.)
-//   * Best fit within a pool (smallest free block that fits, lowest address on ties);
+//   * Best fit within a pool (smallest free block that fits; on ties the oldest segment,
+//     then the lowest address in it — never raw addresses across segments, so that the
+//     choice does not depend on where the source maps segments: meta chooses as cpu does);
 //     a block is split when the remainder is >= kAlignment (small pool) or > kSmallSize
 //     (large pool); freed blocks coalesce with free neighbours in the same segment.
 //   * Segments are never returned to the source while in use; empty_cache() returns the
@@ -127,6 +129,11 @@ class Allocator {
   static constexpr const char* kDefaultOomAdvice = "free memory on the device, or use a smaller model";
   void enable_timeline(bool on);
   std::vector<TimelineEvent> timeline() const;
+  // A hash of the pool's shape — every segment in the order it was created, with its
+  // chunks (offset, size, free) — and of the bytes in use per category. Two moments with
+  // the same fingerprint serve any further sequence of requests alike, whatever the
+  // addresses: the meta replay of a run uses it to skip repeats that change nothing.
+  uint64_t state_fingerprint() const;
 
   static size_t round_size(size_t bytes);
   static size_t segment_size(size_t rounded);
@@ -134,19 +141,26 @@ class Allocator {
  private:
   struct FreeKey {
     size_t size;
+    uint64_t seq;  // the segment's creation number
     uintptr_t addr;
-    bool operator<(const FreeKey& o) const { return size != o.size ? size < o.size : addr < o.addr; }
+    bool operator<(const FreeKey& o) const {
+      if (size != o.size) return size < o.size;
+      return seq != o.seq ? seq < o.seq : addr < o.addr;
+    }
   };
   struct Chunk {  // a block inside a segment, free or in use
     uintptr_t addr;
     size_t size;
     uintptr_t segment;
+    uint64_t seq;  // the segment's creation number
     bool small;
     bool free;
+    FreeKey key() const { return {size, seq, addr}; }
   };
   struct Segment {
     size_t size;
     bool small;
+    uint64_t seq;
   };
 
   void record(MemCategory c, int64_t delta);
@@ -161,6 +175,7 @@ class Allocator {
   std::map<uintptr_t, Chunk> chunks_;  // every chunk by address (for coalescing)
   std::set<FreeKey> free_small_, free_large_;
   std::map<uintptr_t, Segment> segments_;
+  uint64_t next_seq_ = 0;
   MemoryStats stats_;
   std::string phase_;
   std::string oom_advice_ = kDefaultOomAdvice;

@@ -1,9 +1,11 @@
 #include "trainer/loop/train_setup.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include "trainer/io/safetensors.h"
+#include "trainer/loop/run_phases.h"
 
 namespace lmtune {
 
@@ -108,7 +110,8 @@ TrainConfig resolve_layout(const TrainConfig& config, int world) {
   return c;
 }
 
-MemoryStats predict_train_step_memory(const TrainConfig& c, Communicator& meta_dp, const GradSyncFactory& grad_sync) {
+MemoryStats predict_rank_memory(const TrainConfig& c, Communicator& meta_dp, const GradSyncFactory& grad_sync,
+                                const RankRunShape& run) {
   auto alloc = Allocator::create(Device::meta());
   auto model = build_model(c, *alloc);
   model->allocate_grads(grad_bucket_bytes(c));
@@ -125,13 +128,51 @@ MemoryStats predict_train_step_memory(const TrainConfig& c, Communicator& meta_d
     b.T = T;
     b.num_targets = B * T;
   }
-  engine.step(micro, 0, c.train.lr);
+  // The run's steps and evaluations, in its order. A repeat that leaves the pool as it was
+  // (same fingerprint, same peaks) would repeat forever: skip ahead over such repeats of a
+  // step, and of a whole stretch between two evaluations.
+  struct Moment {
+    uint64_t fingerprint;
+    int64_t allocated_peak, reserved_peak;
+    bool operator==(const Moment&) const = default;
+  };
+  auto now = [&] {
+    const MemoryStats st = alloc->stats();
+    return Moment{alloc->state_fingerprint(), st.allocated.peak, st.reserved.peak};
+  };
+  const int64_t total = run.total_steps;
+  std::optional<Moment> after_last_step, after_last_eval;
+  int64_t done = run.first_step;
+  while (done < total) {
+    engine.step(micro, done, c.train.lr);
+    ++done;
+    if (!evaluates_after(c, done, total)) {
+      const Moment m = now();
+      if (after_last_step == m) {  // every step until the next evaluation is this one again
+        int64_t next_eval = total;
+        if (c.train.eval_every > 0) next_eval = std::min(total, (done / c.train.eval_every + 1) * c.train.eval_every);
+        done = next_eval - 1;
+      }
+      after_last_step = m;
+      continue;
+    }
+    if (run.validation) evaluate(*model, *run.validation, B, c.train.eval_batches, meta_dp);
+    if (!run.sample_prompt.empty()) sample_ids(*model, run.sample_prompt, c);
+    after_last_step.reset();
+    const Moment m = now();
+    if (after_last_eval == m && c.train.eval_every > 0) {
+      // every stretch of eval_every steps up to the last one before `total` is this one again
+      const int64_t last_regular = (total - 1) / c.train.eval_every * c.train.eval_every;
+      done = std::max(done, last_regular);
+    }
+    after_last_eval = m;
+  }
   return alloc->stats();
 }
 
-MemoryStats predict_train_step_memory(const TrainConfig& c) {
+MemoryStats predict_rank_memory(const TrainConfig& c, const RankRunShape& run) {
   const SingleProcess single;
-  return predict_train_step_memory(c, *single.env().meta_dp, single.env().grad_sync);
+  return predict_rank_memory(c, *single.env().meta_dp, single.env().grad_sync, run);
 }
 
 }  // namespace lmtune

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <vector>
 
 #include "trainer/data/dataset.h"
 #include "trainer/loop/parallel_env.h"
@@ -37,13 +38,24 @@ int effective_threads(const TrainConfig& config, const RunContext& run);
 // product dp * tp * pp that is not the world size is an error that says both numbers.
 TrainConfig resolve_layout(const TrainConfig& config, int world);
 
-// The memory of one optimizer step of `config` on data-parallel rank `meta_dp.rank()` of
-// `meta_dp.size()` (model, gradients, optimizer state, grad_accum_steps micro-batches of
-// (micro_batch_size, seq_len), the gradient synchronisation), predicted by running it on
-// the meta device with the fake communicator: no data is read, nothing is computed.
-MemoryStats predict_train_step_memory(const TrainConfig& config, Communicator& meta_dp,
-                                      const GradSyncFactory& grad_sync);
+// What one rank's run does besides its optimizer steps — where it starts and ends, what it
+// evaluates, whether it samples — so that its meta-device replay allocates what it does.
+struct RankRunShape {
+  int64_t first_step = 0;   // steps already done (a resumed run starts there)
+  int64_t total_steps = 1;
+  const PackedDataset* validation = nullptr;  // the rows it evaluates (only their shapes matter)
+  std::vector<int32_t> sample_prompt;         // empty: this rank logs no samples
+};
+
+// The memory of the run of data-parallel rank `meta_dp.rank()` of `meta_dp.size()`: the
+// model, gradients and optimizer state, then its steps (grad_accum_steps micro-batches of
+// (micro_batch_size, seq_len), the gradient synchronisation), evaluations and samples in
+// the run's order — replayed on the meta device with the fake communicator, skipping the
+// repeats that leave the allocator as it was (Allocator::state_fingerprint), so the
+// replay costs a few steps whatever the run's length. Nothing is read or computed.
+MemoryStats predict_rank_memory(const TrainConfig& config, Communicator& meta_dp, const GradSyncFactory& grad_sync,
+                                const RankRunShape& run);
 // The same for a single process.
-MemoryStats predict_train_step_memory(const TrainConfig& config);
+MemoryStats predict_rank_memory(const TrainConfig& config, const RankRunShape& run);
 
 }  // namespace lmtune

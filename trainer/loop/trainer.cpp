@@ -20,6 +20,7 @@
 #include "trainer/loop/data_report.h"
 #include "trainer/loop/inference.h"
 #include "trainer/loop/resume_check.h"
+#include "trainer/loop/run_phases.h"
 #include "trainer/loop/stop_signal.h"
 #include "trainer/optim/optimizer.h"
 
@@ -65,55 +66,6 @@ class MetricsLog {
  private:
   std::ofstream out_;
 };
-
-struct EvalResult {
-  double loss = 0;
-  int64_t tokens = 0;
-};
-
-// The validation loss over the first eval_batches global micro-batches (B * dp rows each):
-// data-parallel rank r evaluates rows [r B, (r+1) B) of each, and the sums are reduced, so
-// every layout evaluates the same rows one process does.
-EvalResult evaluate(LlamaModel& model, const PackedDataset& val, int64_t B, int64_t max_batches, Communicator& dp) {
-  EvalResult r;
-  if (val.num_rows() == 0) return r;
-  Allocator& alloc = model.allocator();
-  const int64_t T = val.seq_len(), G = B * dp.size();
-  double sums[1] = {0.0};
-  int64_t tokens[1] = {0};
-  for (int64_t b = 0; b < max_batches && b * G < val.num_rows(); ++b) {
-    const int64_t first = b * G + dp.rank() * B;
-    const int64_t n = std::min(B, val.num_rows() - first);
-    if (n <= 0) continue;
-    std::vector<int32_t> tok, tgt;
-    for (int64_t row = first; row < first + n; ++row) {
-      const auto in = val.inputs(row), out = val.targets(row);
-      tok.insert(tok.end(), in.begin(), in.end());
-      tgt.insert(tgt.end(), out.begin(), out.end());
-    }
-    const LossResult l = model.forward_loss(make_token_tensor(alloc, tok, n, T), make_token_tensor(alloc, tgt, n, T));
-    sums[0] += l.sum;
-    tokens[0] += l.count;
-  }
-  dp.all_reduce(std::span<double>(sums), ReduceOp::sum);
-  dp.all_reduce(std::span<int64_t>(tokens), ReduceOp::sum);
-  r.tokens = tokens[0];
-  r.loss = r.tokens ? sums[0] / static_cast<double>(r.tokens) : 0.0;
-  return r;
-}
-
-std::string sample_text(LlamaModel& model, const Tokenizer& tok, const TrainConfig& c) {
-  const std::vector<int32_t> prompt = tok.encode(c.train.sample_prompt, AddBos::yes);
-  SamplingOptions s;
-  s.temperature = 0.0f;
-  s.max_new_tokens = std::min<int64_t>(c.train.sample_tokens,
-                                       model.config().max_position_embeddings - static_cast<int64_t>(prompt.size()));
-  if (s.max_new_tokens <= 0) return c.train.sample_prompt;
-  const std::vector<int32_t> ids = generate(model, prompt, s, nullptr);
-  std::vector<int32_t> all = prompt;
-  all.insert(all.end(), ids.begin(), ids.end());
-  return tok.decode(all);
-}
 
 // Every rank must run the same config: a different override on one rank would otherwise
 // show up as a hang or as silently different work. One gather, before anything else.
@@ -185,9 +137,6 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
   check_config_against_model(c, load_llama_config(model_config), model_config);
   alloc.set_oom_advice(train_oom_advice(c));
 
-  // This rank's step, predicted on the meta device (milliseconds; reported at the end).
-  const MemoryStats predicted = predict_train_step_memory(c, *env.meta_dp, env.grad_sync);
-
   // Data: every rank reads it all and takes its shard of each global micro-batch.
   const Tokenizer tok = Tokenizer::from_model_dir(c.model.path);
   const DataSplit data = load_data(data_options(c), tok);
@@ -204,13 +153,24 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
                c.train.micro_batch_size, dp.size() > 1 ? " x parallel.dp " + std::to_string(dp.size()) : std::string(),
                ")");
   const DataFingerprint fingerprint{data.train.num_rows(), data.train.content_hash()};
-  if (resume_dir) check_resume_data(*resume_dir, read_trainer_state(*resume_dir), fingerprint, c);
+  int64_t start = 0;  // steps already done
+  if (resume_dir) {
+    const TrainerState saved = read_trainer_state(*resume_dir);
+    check_resume_data(*resume_dir, saved, fingerprint, c);
+    start = saved.step;
+  }
   DataLoader loader(data.train, c.train.micro_batch_size, c.data.seed, DataShard{dp.rank(), dp.size()});
   const int64_t accum = c.train.grad_accum_steps;
   const int64_t steps_per_epoch = std::max<int64_t>(1, loader.steps_per_epoch() / accum);
   const int64_t total_steps =
       c.train.max_steps ? *c.train.max_steps
                         : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(*c.train.epochs * steps_per_epoch)));
+  const std::vector<int32_t> sample_prompt =
+      writer && c.train.sample_tokens > 0 ? tok.encode(c.train.sample_prompt, AddBos::yes) : std::vector<int32_t>{};
+
+  // This rank's run, replayed on the meta device (milliseconds; reported at the end).
+  const MemoryStats predicted =
+      predict_rank_memory(c, *env.meta_dp, env.grad_sync, {start, total_steps, &data.validation, sample_prompt});
 
   // Model, optimizer, step.
   LMTUNE_CHECK(alloc.device().is_cpu(), "training runs on the CPU in this release, not on ", alloc.device().str());
@@ -229,12 +189,11 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
     return v;
   };
 
-  int64_t start = 0;
   if (resume_dir) {
     auto t = named_trainable();
     auto o = adam.state();
     const TrainerState st = load_checkpoint(*resume_dir, t, o);
-    start = st.step;
+    LMTUNE_ASSERT(st.step == start, "the checkpoint's step changed while loading");
     adam.set_steps_taken(st.adam_steps);
     loader.restore(st.loader);
   }
@@ -289,7 +248,7 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
       summary.validation_loss = e.loss;
     }
     std::string sample;
-    if (writer && c.train.sample_tokens > 0) j["sample"] = sample = sample_text(*model, tok, c);
+    if (!sample_prompt.empty()) j["sample"] = sample = tok.decode(sample_ids(*model, sample_prompt, c));
     metrics.write(j);
     if (!talk) return;
     if (progress == Progress::bar) log << "\n";
@@ -364,7 +323,7 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
       summary.stop_signal = sig;
       return finish();
     }
-    if ((c.train.eval_every > 0 && done % c.train.eval_every == 0) || last_step) run_eval(done);
+    if (evaluates_after(c, done, total_steps)) run_eval(done);
     if ((c.train.save_every > 0 && done % c.train.save_every == 0) || last_step) save(done);
   }
   if (progress == Progress::bar) log << "\n";
