@@ -18,7 +18,7 @@
 #include "kernels/ops.h"
 #include "launch/args.h"
 #include "launch/launcher.h"
-#include "parallel/data_parallel.h"
+#include "parallel/rank_model.h"
 #include "parallel/fake_communicator.h"
 #include "parallel/groups.h"
 #include "parallel/mpi_communicator.h"
@@ -236,7 +236,7 @@ void print_rank_table(const std::vector<RankMemory>& rows) {
   }
 }
 
-// The communicators of a run of several ranks, and their meta counterparts.
+// The communicators of a run, their meta counterparts, and the parallel strategies.
 struct RankComms {
   std::unique_ptr<Communicator> world;
   GroupComms groups, fake;
@@ -248,22 +248,19 @@ void make_rank_comms(RankComms& rc, const TrainConfig& config, const RunContext&
   if (ctx.world == 1) {
     rc.single.emplace();
     rc.env = rc.single->env();
-    return;
+  } else {
+    const TrainConfig c = resolve_layout(config, ctx.world);
+    const ParallelLayout layout{static_cast<int>(c.parallel.dp), static_cast<int>(c.parallel.tp),
+                                static_cast<int>(c.parallel.pp)};
+    rc.world = make_mpi_world_communicator(ctx);
+    rc.groups = split_groups(*rc.world, layout);
+    rc.fake = make_fake_groups(ctx.rank, layout);
+    rc.env.run = ctx;
+    rc.env.world = rc.world.get();
+    rc.env.dp = rc.groups.dp.get();
+    rc.env.meta_dp = rc.fake.dp.get();
   }
-  const TrainConfig c = resolve_layout(config, ctx.world);
-  const ParallelLayout layout{static_cast<int>(c.parallel.dp), static_cast<int>(c.parallel.tp),
-                              static_cast<int>(c.parallel.pp)};
-  rc.world = make_mpi_world_communicator(ctx);
-  rc.groups = split_groups(*rc.world, layout);
-  rc.fake = make_fake_groups(ctx.rank, layout);
-  rc.env.run = ctx;
-  rc.env.world = rc.world.get();
-  rc.env.dp = rc.groups.dp.get();
-  rc.env.meta_dp = rc.fake.dp.get();
-  rc.env.grad_sync = [](LlamaModel& model, Communicator& dp, const TrainConfig& cfg) {
-    return make_bucket_all_reduce(model, dp,
-                                  cfg.parallel.overlap_grad_reduce ? OverlapGradReduce::on : OverlapGradReduce::off);
-  };
+  rc.env.build = build_rank_model;
 }
 
 // Returns the exit code: 0, or 128 + N when signal N stopped the run (after a checkpoint).

@@ -25,6 +25,7 @@
 
 #include "common/processes.h"
 #include "common/test_models.h"
+#include "common/train_runs.h"
 #include "trainer/io/safetensors.h"
 
 namespace lmtune {
@@ -32,40 +33,16 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-using Tensors = std::map<std::string, std::vector<float>>;
+using testing::expect_losses_near;
+using testing::expect_memory_predicted_exactly;
+using testing::read_losses;
+using testing::Tensors;
+using testing::TrainRun;
+using testing::weight_error;
 
-std::string q(const fs::path& p) {
-  std::string s = "'";  // not "'" + ...: GCC 12 warns (-Wrestrict) on that falsely
-  s += p.string();
-  s += "'";
-  return s;
-}
+std::string q(const fs::path& p) { return testing::quoted(p); }
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-struct TrainRun {
-  fs::path dir;
-  testing::RunResult result;
-  std::vector<double> losses;  // by step, from metrics.jsonl
-  nlohmann::json memory;       // memory.json
-};
-
-std::vector<double> read_losses(const fs::path& dir) {
-  std::vector<double> out;
-  std::ifstream in(dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
-
-// The trainable parameters of a checkpoint (AdamW's moments left out).
-Tensors parameters(const fs::path& checkpoint) {
-  Tensors all = testing::read_checkpoint_tensors(checkpoint);
-  std::erase_if(all, [](const auto& kv) { return kv.first.ends_with(".exp_avg") || kv.first.ends_with(".exp_avg_sq"); });
-  return all;
-}
+Tensors parameters(const fs::path& checkpoint) { return testing::checkpoint_parameters(checkpoint); }
 
 // Every tensor of a safetensors file, as f32 values.
 Tensors safetensors_values(const fs::path& file) {
@@ -80,101 +57,25 @@ Tensors safetensors_values(const fs::path& file) {
   return out;
 }
 
-// max |a - b| / max |b| over every tensor.
-double weight_error(const Tensors& a, const Tensors& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double diff = 0, ref = 0;
-  for (const auto& [name, vb] : b) {
-    const auto it = a.find(name);
-    if (it == a.end()) {
-      ADD_FAILURE() << name << " missing";
-      continue;
-    }
-    EXPECT_EQ(it->second.size(), vb.size()) << name;
-    for (size_t i = 0; i < vb.size() && i < it->second.size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::fabs(it->second[i] - vb[i])));
-      ref = std::max(ref, static_cast<double>(std::fabs(vb[i])));
-    }
-  }
-  return diff / std::max(ref, 1e-30);
-}
-
-void expect_losses_near(const std::vector<double>& got, const std::vector<double>& want, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t i = 0; i < want.size(); ++i)
-    EXPECT_LE(std::fabs(got[i] - want[i]) / std::fabs(want[i]), 1e-5)
-        << what << ", step " << i + 1 << ": " << got[i] << " vs " << want[i];
-}
-
-// Every rank's row of memory.json: measured peaks equal to the meta prediction.
-void expect_memory_predicted_exactly(const TrainRun& r, int ranks) {
-  ASSERT_TRUE(r.memory.is_array()) << r.dir;
-  ASSERT_EQ(r.memory.size(), static_cast<size_t>(ranks)) << r.memory.dump();
-  for (int k = 0; k < ranks; ++k) {
-    const auto& m = r.memory[k];
-    EXPECT_EQ(m["rank"].get<int>(), k);
-    EXPECT_GT(m["peak_allocated"].get<int64_t>(), 0);
-    EXPECT_GT(m["peak_rss"].get<int64_t>(), m["peak_reserved"].get<int64_t>() / 2);
-    EXPECT_EQ(m["predicted_peak_allocated"].get<int64_t>(), m["peak_allocated"].get<int64_t>()) << r.dir << " rank " << k;
-    EXPECT_EQ(m["predicted_peak_reserved"].get<int64_t>(), m["peak_reserved"].get<int64_t>()) << r.dir << " rank " << k;
-    EXPECT_EQ(m["predicted_by_category"], m["by_category"]) << r.dir << " rank " << k;
-  }
-}
-
 class DataParallel : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (testing::stories15m_llama2c_dir().empty()) return;
-    root_ = new fs::path(testing::temp_dir("lmtune-dp"));
-    LlamaConfig cfg;
-    cfg.hidden_size = 30;  // divides by none of 4, ... and the flat groups neither by 3
-    cfg.intermediate_size = 46;
-    cfg.num_hidden_layers = 3;
-    cfg.num_attention_heads = 3;
-    cfg.num_key_value_heads = 1;
-    cfg.vocab_size = 32000;
-    cfg.max_position_embeddings = 64;
-    cfg.tie_word_embeddings = false;
-    testing::write_random_model(*root_ / "model", cfg, 5);
-    const fs::path moby = fs::path(LMTUNE_MODELS_DIR) / "moby-dick";
-    fs::create_directories(*root_ / "train");
-    fs::create_directories(*root_ / "val");
-    fs::copy_file(moby / "train" / "001.txt", *root_ / "train" / "001.txt");
-    fs::copy_file(moby / "train" / "002.txt", *root_ / "train" / "002.txt");
-    fs::copy_file(moby / "validation" / fs::directory_iterator(moby / "validation")->path().filename(),
-                  *root_ / "val" / "v.txt");
-    std::ofstream(*root_ / "cfg.yaml")
-        << "model: {path: " << (*root_ / "model").string() << "}\n"
-        << "method: {type: lora, lora: {rank: 4, alpha: 8, dropout: 0.1, target_modules: all-linear}}\n"
-        << "data: {format: text, train_files: [" << (*root_ / "train" / "*.txt").string() << "], validation_files: ["
-        << (*root_ / "val" / "*.txt").string() << "], seq_len: 32}\n"
-        << "train: {max_steps: 6, micro_batch_size: 12, grad_accum_steps: 2, lr: 0.003, warmup_steps: 1, "
-        << "weight_decay: 0.01, max_grad_norm: 1.0, eval_every: 3, eval_batches: 2, sample_tokens: 6, "
-        << "save_every: 3, threads: 1, log_every: 1}\n"
-        << "output: {dir: " << (*root_ / "unused").string() << "}\n";
+    setup_ = new testing::TinyTraining(testing::temp_dir("lmtune-dp"), /*tied=*/false);
+    root_ = new fs::path(setup_->root());
   }
   static void TearDownTestSuite() {
+    delete setup_;
     delete root_;
+    setup_ = nullptr;
     root_ = nullptr;
   }
   void SetUp() override {
     if (root_ == nullptr) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
   }
 
-  // `lmtune train` on `ranks` ranks (1: a plain process) with the global micro-batch of 12
-  // rows split over them; `extra` are more overrides.
   static TrainRun train(const std::string& name, int ranks, const std::string& extra = "") {
-    TrainRun r;
-    r.dir = *root_ / name;
-    const std::string args = "train " + q(*root_ / "cfg.yaml") + " output.dir=" + q(r.dir) +
-                             " train.micro_batch_size=" + std::to_string(12 / ranks) + " " + extra + " --quiet";
-    r.result = testing::run_lmtune(ranks == 1 ? args
-                                              : "launch --nproc-per-node " + std::to_string(ranks) +
-                                                    " --grace-period 2 -- " + args);
-    r.losses = read_losses(r.dir);
-    std::ifstream mem(r.dir / "memory.json");
-    if (mem) r.memory = nlohmann::json::parse(mem);
-    return r;
+    return setup_->train(name, ranks, extra);
   }
 
   // One process, once per method (the reference every layout is compared with).
@@ -188,8 +89,10 @@ class DataParallel : public ::testing::Test {
     return method == "full" ? "method.type=full train.lr=0.001" : "";
   }
 
+  static testing::TinyTraining* setup_;
   static fs::path* root_;
 };
+testing::TinyTraining* DataParallel::setup_ = nullptr;
 fs::path* DataParallel::root_ = nullptr;
 
 class DataParallelEquivalence : public DataParallel, public ::testing::WithParamInterface<std::tuple<std::string, int>> {};

@@ -117,24 +117,24 @@ void fsync_dir(const fs::path& dir) {
 
 }  // namespace
 
-std::vector<CheckpointPiece> even_share(const std::vector<std::pair<std::string, Tensor>>& tensors, int rank,
-                                        int world) {
+std::vector<ParamRef> even_share(const std::vector<ParamRef>& whole, int rank, int world) {
   LMTUNE_ASSERT(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of ", world);
   int64_t total = 0;
-  for (const auto& [name, t] : tensors) total += t.numel();
+  for (const ParamRef& t : whole) total += t.value.numel();
   const int64_t lo = total * rank / world, hi = total * (rank + 1) / world;
-  std::vector<CheckpointPiece> out;
+  std::vector<ParamRef> out;
   int64_t base = 0;
-  for (const auto& [name, t] : tensors) {
-    const int64_t n = t.numel();
+  for (const ParamRef& t : whole) {
+    LMTUNE_ASSERT(t.whole(), "even_share of a piece of '", t.name, "'");
+    const int64_t n = t.value.numel();
     const int64_t a = std::max(lo, base), b = std::min(hi, base + n);
-    if (a < b) out.push_back({name, t.shape(), a - base, t.reshape({n}).view(a - base, {b - a})});
+    if (a < b) out.push_back({t.name, t.value.reshape({n}).view(a - base, {b - a}), Tensor(), t.value.shape(), a - base});
     base += n;
   }
   return out;
 }
 
-fs::path save_checkpoint(const fs::path& run_dir, const std::vector<CheckpointPiece>& mine, const TrainerState& state,
+fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamRef>& mine, const TrainerState& state,
                          const std::string& config_yaml, const RunContext& run, Communicator& world) {
   const fs::path final_dir = run_dir / ("checkpoint-" + std::to_string(state.step));
   // 1. the staging directory, made by the writer
@@ -148,13 +148,14 @@ fs::path save_checkpoint(const fs::path& run_dir, const std::vector<CheckpointPi
                staging.string(), "' that rank 0 created: output.dir must be on a file system every rank shares");
   SafeTensorsWriter w;
   json pieces = json::array();
-  for (const CheckpointPiece& p : mine) {
-    w.add(piece_key(p.name, p.start), p.data);
+  for (const ParamRef& p : mine) {
+    const Tensor flat = p.value.reshape({p.value.numel()});
+    w.add(piece_key(p.name, p.start), flat);
     pieces.push_back({{"name", p.name},
-                      {"shape", p.shape},
-                      {"dtype", std::string(safetensors_dtype_name(p.data.dtype()))},
+                      {"shape", p.logical_shape()},
+                      {"dtype", std::string(safetensors_dtype_name(flat.dtype()))},
                       {"start", p.start},
-                      {"numel", p.data.numel()},
+                      {"numel", flat.numel()},
                       {"file", file},
                       {"key", piece_key(p.name, p.start)}});
   }
@@ -299,19 +300,33 @@ void CheckpointReader::read_full(const std::string& name, Tensor& dst) const {
   read(name, 0, dst);
 }
 
-TrainerState load_checkpoint(const fs::path& dir, std::vector<std::pair<std::string, Tensor>>& trainable,
-                             std::vector<std::pair<std::string, Tensor>>& optimizer) {
+TrainerState load_checkpoint(const fs::path& dir, const std::vector<ParamRef>& into,
+                             const std::vector<std::string>& expected) {
   const CheckpointReader r = CheckpointReader::open(dir);
-  std::set<std::string> wanted;
-  for (auto* list : {&trainable, &optimizer})
-    for (auto& [name, t] : *list) {
-      r.read_full(name, t);
-      wanted.insert(name);
-    }
+  const std::set<std::string> wanted(expected.begin(), expected.end());
   for (const std::string& name : r.names())
     LMTUNE_CHECK(wanted.count(name), "checkpoint '", dir.string(), "' holds tensor '", name,
                  "', which this run does not train (was it written by a run with another method or model?)");
+  for (const ParamRef& p : into) {
+    LMTUNE_ASSERT(wanted.count(p.name), "'", p.name, "' is not among the run's tensors");
+    LMTUNE_CHECK(r.contains(p.name), "checkpoint '", dir.string(), "' has no tensor '", p.name,
+                 "' (was it written by a run with another method or model?)");
+    LMTUNE_CHECK(r.shape(p.name) == p.logical_shape(), "checkpoint '", dir.string(), "': tensor '", p.name,
+                 "' has shape ", shape_str(r.shape(p.name)), ", the model expects ", shape_str(p.logical_shape()),
+                 " (was it written by a run with another model or LoRA rank?)");
+    Tensor dst = p.value;
+    r.read(p.name, p.start, dst);
+  }
   return r.state();
+}
+
+std::vector<std::string> checkpoint_tensor_names(const ModelLayout& layout) {
+  std::vector<std::string> out;
+  for (const UnitLayout& u : layout.units)
+    for (const ParamRow& r : u.rows)
+      if (u.groups[r.group].trains)
+        for (const char* suffix : {"", ".exp_avg", ".exp_avg_sq"}) out.push_back(r.name + suffix);
+  return out;
 }
 
 std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {

@@ -41,6 +41,8 @@
 #include "trainer/core/tensor.h"
 #include "trainer/data/dataset.h"
 #include "trainer/io/file_util.h"
+#include "trainer/model/linear.h"
+#include "trainer/model/param_layout.h"
 
 namespace lmtune {
 
@@ -62,23 +64,17 @@ struct TrainerState {
   std::optional<DataFingerprint> train_data;  // absent in checkpoints written before it was saved
 };
 
-// Elements [start, start + data.numel()) of the logical tensor `name` (of `shape`), as held
-// by this rank; `data` is a contiguous view (any float dtype).
-struct CheckpointPiece {
-  std::string name;
-  Shape shape;
-  int64_t start = 0;
-  Tensor data;
-};
+// A rank's pieces are ParamRefs (trainer/model/linear.h): elements [start, start +
+// value.numel()) of the logical tensor `name` of shape logical_shape(); value is any float
+// dtype (a whole tensor when whole()).
 
-// For tensors every rank holds whole (data parallelism): rank `rank`'s even share of their
-// concatenation, so that the ranks together write each element once.
-std::vector<CheckpointPiece> even_share(const std::vector<std::pair<std::string, Tensor>>& tensors, int rank,
-                                        int world);
+// For tensors every rank of `world` holds whole (replicated state): rank `rank`'s even
+// share of their concatenation, so that the ranks together write each element once.
+std::vector<ParamRef> even_share(const std::vector<ParamRef>& whole, int rank, int world);
 
 // Writes RUN_DIR/checkpoint-<state.step> from every rank's pieces (see the note). Called by
 // every rank of `world`; returns the checkpoint's path.
-std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const std::vector<CheckpointPiece>& mine,
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const std::vector<ParamRef>& mine,
                                       const TrainerState& state, const std::string& config_yaml,
                                       const RunContext& run, Communicator& world);
 
@@ -117,12 +113,15 @@ class CheckpointReader {
   std::map<std::string, Entry> tensors_;
 };
 
-// Fills the given tensors whole (matched by name; every one must be present with its
-// shape, and the checkpoint must hold nothing else of the kind) and returns the state.
-// Names the checkpoint and what is wrong on any mismatch.
-TrainerState load_checkpoint(const std::filesystem::path& checkpoint_dir,
-                             std::vector<std::pair<std::string, Tensor>>& trainable,
-                             std::vector<std::pair<std::string, Tensor>>& optimizer);
+// Fills every piece of `into` (its value) from the checkpoint's tensor of that name, whose
+// shape must be the piece's logical shape; `expected` names every logical tensor the run
+// holds (over all ranks), and the checkpoint must hold exactly those. Names the checkpoint
+// and what is wrong on any mismatch. Returns the state.
+TrainerState load_checkpoint(const std::filesystem::path& checkpoint_dir, const std::vector<ParamRef>& into,
+                             const std::vector<std::string>& expected);
+// The logical tensors a checkpoint of a model of this layout holds: every trainable
+// parameter and its AdamW moments ("<name>.exp_avg", "<name>.exp_avg_sq").
+std::vector<std::string> checkpoint_tensor_names(const ModelLayout& layout);
 // Reads only trainer_state.json (no tensors).
 TrainerState read_trainer_state(const std::filesystem::path& checkpoint_dir);
 // The checkpoint with the highest step in run_dir, if any.

@@ -38,7 +38,7 @@ int32_t sample_token(const float* logits, int64_t V, float temperature, float to
 }
 
 std::vector<int32_t> generate(LlamaModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opts,
-                              const std::function<void(int32_t)>& on_token, StopAtEos stop) {
+                              const std::function<void(int32_t)>& on_token, StopAtEos stop, UnitHooks* hooks) {
   const LlamaConfig& cfg = model.config();
   LMTUNE_CHECK(!prompt.empty(), "generation needs a non-empty prompt");
   LMTUNE_CHECK(opts.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got ", opts.max_new_tokens);
@@ -54,7 +54,8 @@ std::vector<int32_t> generate(LlamaModel& model, const std::vector<int32_t>& pro
   KVCache cache = model.make_kv_cache(1, total);
   std::vector<int32_t> out;
   uint64_t rng = opts.seed;
-  Tensor logits = model.forward_cached(make_token_tensor(alloc, prompt, 1, static_cast<int64_t>(prompt.size())), cache);
+  Tensor logits =
+      model.forward_cached(make_token_tensor(alloc, prompt, 1, static_cast<int64_t>(prompt.size())), cache, hooks);
   for (int64_t i = 0; i < opts.max_new_tokens; ++i) {
     const int32_t next =
         meta ? 0 : sample_token(logits.data<float>(), cfg.vocab_size, opts.temperature, opts.top_p, rng);
@@ -64,7 +65,7 @@ std::vector<int32_t> generate(LlamaModel& model, const std::vector<int32_t>& pro
     if (i + 1 == opts.max_new_tokens) break;
     alloc.set_phase("generate: decode");
     logits = Tensor();
-    logits = model.forward_cached(make_token_tensor(alloc, {next}, 1, 1), cache);
+    logits = model.forward_cached(make_token_tensor(alloc, {next}, 1, 1), cache, hooks);
   }
   alloc.set_phase("");
   return out;

@@ -23,8 +23,10 @@ enum class StopAtEos { no, yes };
 // Feeds `prompt` (ids, BOS included by the caller) and samples up to max_new_tokens more,
 // calling on_token(id) as each is chosen. Returns the new ids (the EOS that stopped it is
 // not included). prompt.size() + max_new_tokens must fit max_position_embeddings.
+// `hooks` see every unit of every forward (a parameter store that gathers them).
 std::vector<int32_t> generate(LlamaModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opts,
-                              const std::function<void(int32_t)>& on_token, StopAtEos stop = StopAtEos::yes);
+                              const std::function<void(int32_t)>& on_token, StopAtEos stop = StopAtEos::yes,
+                              UnitHooks* hooks = nullptr);
 
 // Picks the next token from logits (V) f32: argmax when temperature == 0, else samples from
 // softmax(logits / temperature) restricted to the smallest top-p nucleus.

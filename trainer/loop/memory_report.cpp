@@ -21,7 +21,7 @@ MemoryStats stats_from(const nlohmann::json& j, const char* prefix_alloc, const 
   m.reserved.peak = j.at(prefix_res).get<int64_t>();
   for (int c = 0; c < kNumMemCategories; ++c)
     m.category[c].peak = j.at(cats).at(mem_category_name(static_cast<MemCategory>(c))).get<int64_t>();
-  m.peak_phase = j.at(phase).get<std::string>();
+  if (phase != nullptr) m.peak_phase = j.at(phase).get<std::string>();
   return m;
 }
 
@@ -37,7 +37,14 @@ nlohmann::json RankMemory::to_json() const {
           {"by_category", categories(measured)},
           {"predicted_by_category", categories(predicted)},
           {"peak_phase", measured.peak_phase},
-          {"predicted_peak_phase", predicted.peak_phase}};
+          {"predicted_peak_phase", predicted.peak_phase},
+          {"host",
+           {{"peak_allocated", host_measured.allocated.peak},
+            {"peak_reserved", host_measured.reserved.peak},
+            {"predicted_peak_allocated", host_predicted.allocated.peak},
+            {"predicted_peak_reserved", host_predicted.reserved.peak},
+            {"by_category", categories(host_measured)},
+            {"predicted_by_category", categories(host_predicted)}}}};
 }
 
 int64_t process_peak_rss() {
@@ -56,6 +63,9 @@ std::vector<RankMemory> gather_rank_memory(Communicator& world, const RankMemory
     r.measured = stats_from(j, "peak_allocated", "peak_reserved", "by_category", "peak_phase");
     r.predicted = stats_from(j, "predicted_peak_allocated", "predicted_peak_reserved", "predicted_by_category",
                              "predicted_peak_phase");
+    const nlohmann::json& h = j.at("host");
+    r.host_measured = stats_from(h, "peak_allocated", "peak_reserved", "by_category", nullptr);
+    r.host_predicted = stats_from(h, "predicted_peak_allocated", "predicted_peak_reserved", "predicted_by_category", nullptr);
     rows.push_back(std::move(r));
   }
   return rows;

@@ -1,11 +1,14 @@
 // What a training rank is given about the other ranks — design note.
 //
 // The training loop (trainer/) runs one rank's part of any layout, but the things that
-// talk to other ranks — communicators, the data-parallel gradient reduction — are
+// talk to other ranks — communicators, and the ways of holding the training state over a
+// data-parallel group (replicated data parallelism, ZeRO 1-3, CPU offload) — are
 // implemented in parallel/, above it. launch/ builds them for the layout the config names
-// and hands them over in a ParallelEnv: the real ones for the run, fake ones of the same
-// shapes (meta device) for the memory prediction of this rank. A single process gets
-// local communicators and no gradient synchronisation.
+// and hands them over in a ParallelEnv: the real communicators for the run, fake ones of
+// the same shapes (meta device) for the memory prediction of this rank, and the factory
+// that builds the rank's model and TrainingState (called once on the real allocators and
+// once on meta ones). Without a factory (a single process started from a test) the loop
+// uses the dense LocalState.
 #pragma once
 
 #include <functional>
@@ -13,22 +16,30 @@
 
 #include "trainer/core/communicator.h"
 #include "trainer/core/run_context.h"
-#include "trainer/loop/step_engine.h"
+#include "trainer/loop/training_state.h"
 
 namespace lmtune {
 
 struct TrainConfig;
+class ModelSource;
 
-// Builds the gradient synchronisation of a model (gradients allocated) over `dp`.
-using GradSyncFactory =
-    std::function<std::unique_ptr<GradientSync>(LlamaModel& model, Communicator& dp, const TrainConfig& config)>;
+// A rank's model and how it holds its training state.
+struct RankModel {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<TrainingState> state;
+};
+
+// Builds this rank's model (weights from `source`) on `device`, with its training state
+// over `dp`; what the config offloads goes to `host`.
+using RankModelFactory = std::function<RankModel(const TrainConfig& config, const ModelSource& source,
+                                                 Allocator& device, Allocator& host, Communicator& dp)>;
 
 struct ParallelEnv {
   RunContext run;
   Communicator* world = nullptr;    // every rank of the run
   Communicator* dp = nullptr;       // this rank's data-parallel group
   Communicator* meta_dp = nullptr;  // a fake communicator of dp's rank and size (meta device)
-  GradSyncFactory grad_sync;        // used when dp has more than one rank
+  RankModelFactory build;           // empty: a single process with LocalState
 };
 
 // The environment of a single process: local communicators of one rank.

@@ -25,10 +25,16 @@ struct EvalResult {
 // The validation loss over the first `max_batches` global micro-batches (B * dp rows each):
 // data-parallel rank r evaluates rows [r B, (r+1) B) of each, and the sums are reduced over
 // `dp`, so every layout evaluates the rows one process does.
-EvalResult evaluate(LlamaModel& model, const PackedDataset& val, int64_t B, int64_t max_batches, Communicator& dp);
+// `hooks` (a TrainingState) see every unit. With Lockstep::yes every rank runs a forward for
+// every global micro-batch, one of ignored targets where it has no rows left (ZeRO-3: the
+// gathers of every rank must meet).
+enum class Lockstep { no, yes };
+EvalResult evaluate(LlamaModel& model, const PackedDataset& val, int64_t B, int64_t max_batches, Communicator& dp,
+                    UnitHooks* hooks = nullptr, Lockstep lockstep = Lockstep::no);
 
 // The greedy continuation of `prompt` (ids) that a run logs as its sample: up to
 // train.sample_tokens new ids, within the model's context. Returns prompt + new ids.
-std::vector<int32_t> sample_ids(LlamaModel& model, const std::vector<int32_t>& prompt, const TrainConfig& c);
+std::vector<int32_t> sample_ids(LlamaModel& model, const std::vector<int32_t>& prompt, const TrainConfig& c,
+                                UnitHooks* hooks = nullptr);
 
 }  // namespace lmtune

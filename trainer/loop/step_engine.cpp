@@ -13,16 +13,13 @@ uint64_t micro_batch_seed(uint64_t train_seed, int64_t step, int64_t micro) {
 
 bool StepResult::finite() const { return std::isfinite(loss); }
 
-StepEngine::StepEngine(LlamaModel& model, AdamW& adam, Communicator& dp, GradientSync* sync, StepOptions options)
-    : model_(model), adam_(adam), dp_(dp), sync_(sync), options_(options), trainable_(adam.params()) {
-  LMTUNE_ASSERT(sync != nullptr || dp.size() == 1, "a data-parallel group of ", dp.size(),
-                " ranks needs a gradient synchronisation");
-}
+StepEngine::StepEngine(LlamaModel& model, AdamW& adam, Communicator& dp, TrainingState& state, StepOptions options)
+    : model_(model), adam_(adam), dp_(dp), state_(state), options_(options) {}
 
 StepResult StepEngine::step(std::span<const Batch> micro, int64_t step, double lr) {
   Allocator& alloc = model_.allocator();
   const bool meta = alloc.device().is_meta();
-  model_.zero_grads();
+  state_.begin_step();
   StepResult r;
   int64_t counts[1] = {0};
   for (const Batch& b : micro) counts[0] += b.num_targets;
@@ -38,14 +35,14 @@ StepResult StepEngine::step(std::span<const Batch> micro, int64_t step, double l
     // rank r of the group holds rows [r * B, (r + 1) * B) of the global micro-batch
     const MicroBatchContext ctx{micro_batch_seed(options_.seed, step, static_cast<int64_t>(i)),
                                 static_cast<int64_t>(dp_.rank()) * b.B * b.T};
-    if (sync_ != nullptr) sync_->begin_micro_batch(i + 1 == micro.size());
+    state_.begin_micro_batch(i + 1 == micro.size());
     loss_sum[0] += model_
                        .forward_backward(make_token_tensor(alloc, b.tokens, b.B, b.T),
-                                         make_token_tensor(alloc, b.targets, b.B, b.T), scale, ctx, sync_)
+                                         make_token_tensor(alloc, b.targets, b.B, b.T), scale, ctx, &state_)
                        .sum;
   }
   alloc.set_phase("gradient sync");
-  if (sync_ != nullptr) sync_->finish();
+  state_.finish_grads();
   dp_.all_reduce(std::span<double>(loss_sum), ReduceOp::sum);
   r.loss = loss_sum[0] / static_cast<double>(r.targets);
   if (!meta && !r.finite()) {
@@ -53,8 +50,13 @@ StepResult StepEngine::step(std::span<const Batch> micro, int64_t step, double l
     return r;
   }
   alloc.set_phase("optimizer step");
-  r.grad_norm = clip_grad_norm(trainable_, options_.max_grad_norm);
+  double ss[1] = {grad_sum_squares(state_.owned())};
+  if (state_.owned_partitioned()) dp_.all_reduce(std::span<double>(ss), ReduceOp::sum);
+  r.grad_norm = std::sqrt(ss[0]);
+  clip_grads_to(state_.owned(), r.grad_norm, options_.max_grad_norm);
   adam_.step(lr);
+  alloc.set_phase("parameter sync");
+  state_.after_update();
   alloc.set_phase("");
   return r;
 }

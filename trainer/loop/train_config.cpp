@@ -51,7 +51,7 @@ const std::vector<SectionSchema>& schema() {
        {"max_steps", "epochs", "micro_batch_size", "grad_accum_steps", "lr", "min_lr_ratio", "weight_decay",
         "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "max_grad_norm", "seed", "threads",
         "log_every", "eval_every", "eval_batches", "save_every", "sample_prompt", "sample_tokens", "resume_from"}},
-      {"parallel", {"dp", "tp", "pp", "zero", "recompute", "offload", "bucket_mb", "overlap_grad_reduce"}},
+      {"parallel", {"dp", "tp", "pp", "zero", "recompute", "offload", "prefetch", "bucket_mb", "overlap_grad_reduce"}},
       {"output", {"dir", "overwrite"}},
   };
   return kSchema;
@@ -777,8 +777,8 @@ void read_train(Context& ctx, const YAML::Node& node, TrainSection& t) {
 void read_parallel(Context& ctx, const YAML::Node& node, ParallelSection& p) {
   Section s(ctx, node, "parallel");
   const std::string later =
-      " is not supported yet: this release runs data parallelism only (any dp, tp=1, pp=1, zero=0, "
-      "recompute=none, offload=none); the other strategies come in a later release";
+      " is not supported yet: this release runs data parallelism with ZeRO 0-3 and offload (any dp, tp=1, "
+      "pp=1, recompute=none); the other strategies come in a later release";
   const YAML::Node dp = s.get("dp");
   if (dp.IsDefined() && dp.IsScalar() && dp.Scalar() == "auto") p.dp = ParallelSection::kAuto;
   else read_int(s, "dp", p.dp, [](int64_t v) { return v >= 1; }, "an integer >= 1 or 'auto'");
@@ -787,13 +787,15 @@ void read_parallel(Context& ctx, const YAML::Node& node, ParallelSection& p) {
     if (read_int(s, key, field, [](int64_t v) { return v >= 1; }, "an integer >= 1") && field != 1)
       ctx.fail(s.key_path(key), s.get(key), std::string(key) + "=" + std::to_string(field) + later);
   }
-  if (read_int(s, "zero", p.zero, [](int64_t v) { return v >= 0 && v <= 3; }, "one of 0, 1, 2, 3") && p.zero != 0)
-    ctx.fail("parallel.zero", s.get("zero"), "zero=" + std::to_string(p.zero) + later);
+  read_int(s, "zero", p.zero, [](int64_t v) { return v >= 0 && v <= 3; }, "one of 0, 1, 2, 3");
   if (read_enum(s, "recompute", p.recompute, kRecompute) && p.recompute != Recompute::none)
     ctx.fail("parallel.recompute", s.get("recompute"),
              "recompute=" + std::string(to_string(p.recompute)) + later);
-  if (read_enum(s, "offload", p.offload, kOffload) && p.offload != Offload::none)
-    ctx.fail("parallel.offload", s.get("offload"), "offload=" + std::string(to_string(p.offload)) + later);
+  if (read_enum(s, "offload", p.offload, kOffload) && p.offload == Offload::params && p.zero != 3)
+    ctx.fail("parallel.offload", s.get("offload"),
+             "offload=params keeps the parameter shards of ZeRO-3 on the host: set parallel.zero=3 (now " +
+                 std::to_string(p.zero) + "), or offload=optimizer");
+  read_int(s, "prefetch", p.prefetch, [](int64_t v) { return v >= 0 && v <= 64; }, "an integer in [0, 64]");
   read_double(s, "bucket_mb", p.bucket_mb, [](double v) { return v > 0 && v <= 1e6; }, "a number of MiB in (0, 1e6]");
   read_bool(s, "overlap_grad_reduce", p.overlap_grad_reduce);
 }
@@ -1119,6 +1121,7 @@ std::string to_yaml(const TrainConfig& c) {
   w.integer(2, "zero", p.zero);
   w.raw(2, "recompute", std::string(to_string(p.recompute)));
   w.raw(2, "offload", std::string(to_string(p.offload)));
+  w.integer(2, "prefetch", p.prefetch);
   w.number(2, "bucket_mb", p.bucket_mb);
   w.boolean(2, "overlap_grad_reduce", p.overlap_grad_reduce);
 

@@ -149,8 +149,8 @@ struct TrainSection {
   bool operator==(const TrainSection&) const = default;
 };
 
-// How the ranks share the work. This release runs data parallelism: tp, pp, zero,
-// recompute and offload accept only their single-process values.
+// How the ranks share the work. This release runs data parallelism with ZeRO 0-3 and CPU
+// offload; tp, pp and recompute accept only their single-process values.
 struct ParallelSection {
   static constexpr int64_t kAuto = 0;  // dp: the world size divided by tp * pp
   int64_t dp = kAuto;  // data-parallel ranks, or kAuto ("auto" in YAML, the default)
@@ -158,7 +158,8 @@ struct ParallelSection {
   int64_t pp = 1;
   int64_t zero = 0;  // ZeRO stage 0..3
   Recompute recompute = Recompute::none;
-  Offload offload = Offload::none;
+  Offload offload = Offload::none;  // params needs zero 3
+  int64_t prefetch = 1;             // ZeRO-3: units gathered ahead of the one computing
   double bucket_mb = 25.0;          // gradient bucket size for the data-parallel all-reduce
   bool overlap_grad_reduce = true;  // start a bucket's all-reduce during backward
   bool operator==(const ParallelSection&) const = default;

@@ -6,6 +6,7 @@
 
 #include "trainer/io/safetensors.h"
 #include "trainer/loop/run_phases.h"
+#include "trainer/loop/step_engine.h"
 
 namespace lmtune {
 
@@ -69,21 +70,62 @@ int64_t grad_bucket_bytes(const TrainConfig& c) {
   return std::max<int64_t>(1, static_cast<int64_t>(c.parallel.bucket_mb * 1024.0 * 1024.0));
 }
 
-void load_adapter_file(LlamaModel& model, const fs::path& file) {
-  const SafeTensorsReader r = SafeTensorsReader::open(file);
-  int64_t loaded = 0;
-  for (ParamRef& p : model.parameters()) {
-    if (!is_adapter_name(p.name)) continue;
-    r.load_into("base_model.model." + p.name, p.value);
-    ++loaded;
+ModelSource::ModelSource(const TrainConfig& c) : opts_(model_options(c)) {
+  LMTUNE_CHECK(fs::is_directory(c.model.path), "model directory '", c.model.path.string(), "' does not exist");
+  cfg_ = load_llama_config(c.model.path / "config.json");
+  base_ = std::make_unique<SafeTensorsReader>(SafeTensorsReader::open(c.model.path));
+  if (c.method.type == MethodType::lora && c.method.lora.init_from) {
+    adapter_file_ = *c.method.lora.init_from;
+    adapters_ = std::make_unique<SafeTensorsReader>(SafeTensorsReader::open(adapter_file_));
   }
-  LMTUNE_CHECK(loaded > 0, "'", file.string(), "': the model has no LoRA adapters to load into");
+}
+
+ModelSource::~ModelSource() = default;
+
+void ModelSource::check(const LlamaModel& model) const {
+  model.check_weight_names(*base_);
+  if (!adapters_) return;
+  int64_t adapters = 0;
+  for (const UnitLayout& u : model.layout().units)
+    for (const ParamRow& r : u.rows)
+      if (is_adapter_name(r.name)) {
+        adapters_->get("base_model.model." + r.name);  // the error names the file and the tensor
+        ++adapters;
+      }
+  LMTUNE_CHECK(adapters > 0, "'", adapter_file_.string(), "': the model has no LoRA adapters to load into");
+}
+
+void ModelSource::fill(LlamaModel& model, int unit) const {
+  model.load_unit_weights(*base_, unit);
+  model.init_adapters(unit);
+  if (!adapters_) return;
+  const UnitLayout& layout = model.layout().units[unit];
+  for (size_t i = 0; i < layout.rows.size(); ++i) {
+    if (!is_adapter_name(layout.rows[i].name)) continue;
+    Tensor dst = model.unit_params(unit)[i];
+    adapters_->load_into("base_model.model." + layout.rows[i].name, dst);
+  }
+}
+
+std::unique_ptr<LlamaModel> build_dense_model(const ModelSource& source, Allocator& alloc) {
+  auto model = std::make_unique<LlamaModel>(source.model_config(), alloc, source.options());
+  source.check(*model);
+  for (int u = 0; u < model->layout().num_units(); ++u) source.fill(*model, u);
+  return model;
+}
+
+RankModel build_local_model(const TrainConfig& c, const ModelSource& source, Allocator& alloc) {
+  LMTUNE_CHECK(c.parallel.zero == 0 && c.parallel.offload == Offload::none,
+               "parallel.zero and parallel.offload need the parallel strategies of `lmtune train` (this process "
+               "runs without them)");
+  RankModel r;
+  r.model = build_dense_model(source, alloc);
+  r.state = std::make_unique<LocalState>(*r.model, grad_bucket_bytes(c));
+  return r;
 }
 
 std::unique_ptr<LlamaModel> build_model(const TrainConfig& c, Allocator& alloc) {
-  auto model = LlamaModel::load(c.model.path, alloc, model_options(c));
-  if (c.method.type == MethodType::lora && c.method.lora.init_from) load_adapter_file(*model, *c.method.lora.init_from);
-  return model;
+  return build_dense_model(ModelSource(c), alloc);
 }
 
 int effective_threads(const TrainConfig& c, const RunContext& run) {
@@ -110,15 +152,15 @@ TrainConfig resolve_layout(const TrainConfig& config, int world) {
   return c;
 }
 
-MemoryStats predict_rank_memory(const TrainConfig& c, Communicator& meta_dp, const GradSyncFactory& grad_sync,
-                                const RankRunShape& run) {
-  auto alloc = Allocator::create(Device::meta());
-  auto model = build_model(c, *alloc);
-  model->allocate_grads(grad_bucket_bytes(c));
-  AdamW adam(model->trainable_parameters(), *alloc, adam_options(c));
-  std::unique_ptr<GradientSync> sync;
-  if (meta_dp.size() > 1) sync = grad_sync(*model, meta_dp, c);
-  StepEngine engine(*model, adam, meta_dp, sync.get(), {c.train.seed, c.train.max_grad_norm});
+RankMemoryPrediction predict_rank_memory(const TrainConfig& c, Communicator& meta_dp, const RankModelFactory& build,
+                                         const RankRunShape& run) {
+  auto alloc = Allocator::create(Device::meta()), host = Allocator::create(Device::meta());
+  const ModelSource source(c);
+  RankModel rm = build ? build(c, source, *alloc, *host, meta_dp) : build_local_model(c, source, *alloc);
+  LlamaModel& model = *rm.model;
+  TrainingState& state = *rm.state;
+  AdamW adam(state.owned(), optimizer_allocator(c, *alloc, *host), adam_options(c));
+  StepEngine engine(model, adam, meta_dp, state, {c.train.seed, c.train.max_grad_norm});
   const int64_t B = c.train.micro_batch_size, T = c.data.seq_len;
   std::vector<Batch> micro(static_cast<size_t>(c.train.grad_accum_steps));
   for (Batch& b : micro) {
@@ -128,17 +170,19 @@ MemoryStats predict_rank_memory(const TrainConfig& c, Communicator& meta_dp, con
     b.T = T;
     b.num_targets = B * T;
   }
-  // The run's steps and evaluations, in its order. A repeat that leaves the pool as it was
-  // (same fingerprint, same peaks) would repeat forever: skip ahead over such repeats of a
-  // step, and of a whole stretch between two evaluations.
+  const bool samples = !run.sample_prompt.empty() && (run.writer || state.forward_needs_every_rank());
+  // The run's steps and evaluations, in its order. A repeat that leaves the pools as they
+  // were (same fingerprints, same peaks) would repeat forever: skip ahead over such repeats
+  // of a step, and of a whole stretch between two evaluations.
   struct Moment {
-    uint64_t fingerprint;
-    int64_t allocated_peak, reserved_peak;
+    uint64_t device, host;
+    int64_t allocated_peak, reserved_peak, host_allocated_peak, host_reserved_peak;
     bool operator==(const Moment&) const = default;
   };
   auto now = [&] {
-    const MemoryStats st = alloc->stats();
-    return Moment{alloc->state_fingerprint(), st.allocated.peak, st.reserved.peak};
+    const MemoryStats d = alloc->stats(), h = host->stats();
+    return Moment{alloc->state_fingerprint(), host->state_fingerprint(), d.allocated.peak, d.reserved.peak,
+                  h.allocated.peak,           h.reserved.peak};
   };
   const int64_t total = run.total_steps;
   std::optional<Moment> after_last_step, after_last_eval;
@@ -156,8 +200,10 @@ MemoryStats predict_rank_memory(const TrainConfig& c, Communicator& meta_dp, con
       after_last_step = m;
       continue;
     }
-    if (run.validation) evaluate(*model, *run.validation, B, c.train.eval_batches, meta_dp);
-    if (!run.sample_prompt.empty()) sample_ids(*model, run.sample_prompt, c);
+    if (run.validation)
+      evaluate(model, *run.validation, B, c.train.eval_batches, meta_dp, &state,
+               state.forward_needs_every_rank() ? Lockstep::yes : Lockstep::no);
+    if (samples) sample_ids(model, run.sample_prompt, c, &state);
     after_last_step.reset();
     const Moment m = now();
     if (after_last_eval == m && c.train.eval_every > 0) {
@@ -167,12 +213,16 @@ MemoryStats predict_rank_memory(const TrainConfig& c, Communicator& meta_dp, con
     }
     after_last_eval = m;
   }
-  return alloc->stats();
+  return {alloc->stats(), host->stats()};
 }
 
-MemoryStats predict_rank_memory(const TrainConfig& c, const RankRunShape& run) {
+RankMemoryPrediction predict_rank_memory(const TrainConfig& c, const RankRunShape& run) {
   const SingleProcess single;
-  return predict_rank_memory(c, *single.env().meta_dp, single.env().grad_sync, run);
+  return predict_rank_memory(c, *single.env().meta_dp, single.env().build, run);
+}
+
+Allocator& optimizer_allocator(const TrainConfig& c, Allocator& device, Allocator& host) {
+  return c.parallel.offload == Offload::none ? device : host;
 }
 
 }  // namespace lmtune

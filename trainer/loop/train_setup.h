@@ -11,6 +11,7 @@
 #include "trainer/data/dataset.h"
 #include "trainer/loop/parallel_env.h"
 #include "trainer/loop/train_config.h"
+#include "trainer/io/safetensors.h"
 #include "trainer/model/llama.h"
 #include "trainer/optim/optimizer.h"
 
@@ -23,13 +24,37 @@ AdamWOptions adam_options(const TrainConfig& config);
 // parallel.bucket_mb in bytes.
 int64_t grad_bucket_bytes(const TrainConfig& config);
 
-// The model a config describes (base loaded from model.path; LoRA adapters initialised
-// from the seed or lora.init_from), on `alloc`'s device.
+// Where a training model's weights come from: the base model's safetensors (model.path)
+// and the LoRA adapters — A from the seed, or A and B from method.lora.init_from (PEFT
+// names, "base_model.model.<module>.lora_A.weight"). A parameter store that binds one unit
+// at a time (ZeRO-3) fills them one by one.
+class ModelSource {
+ public:
+  explicit ModelSource(const TrainConfig& config);
+  ~ModelSource();
+  const LlamaConfig& model_config() const { return cfg_; }
+  const ModelOptions& options() const { return opts_; }
+  // Every tensor the model needs is there, and none it would not use.
+  void check(const LlamaModel& model) const;
+  // Fills `unit` of `model` (bound): base rows from model.path, its adapters.
+  void fill(LlamaModel& model, int unit) const;
+
+ private:
+  LlamaConfig cfg_;
+  ModelOptions opts_;
+  std::unique_ptr<SafeTensorsReader> base_, adapters_;
+  std::filesystem::path adapter_file_;
+};
+
+// The model, dense (allocated and bound by itself), every unit filled from `source`.
+std::unique_ptr<LlamaModel> build_dense_model(const ModelSource& source, Allocator& alloc);
+// The single-process model and its LocalState (dense, every unit filled), on `alloc`.
+RankModel build_local_model(const TrainConfig& config, const ModelSource& source, Allocator& alloc);
+// The model a config describes, dense, on `alloc` (for a single process and the tests).
 std::unique_ptr<LlamaModel> build_model(const TrainConfig& config, Allocator& alloc);
 
-// Loads PEFT-named adapter weights ("base_model.model.<module>.lora_A.weight") into the
-// model's adapters; every adapter must be present.
-void load_adapter_file(LlamaModel& model, const std::filesystem::path& file);
+// Where AdamW's moments live: the device's allocator, or the host's under parallel.offload.
+Allocator& optimizer_allocator(const TrainConfig& config, Allocator& device, Allocator& host);
 
 // train.threads, or (0) this node's cores divided by the ranks on it, at least 1.
 int effective_threads(const TrainConfig& config, const RunContext& run);
@@ -44,18 +69,24 @@ struct RankRunShape {
   int64_t first_step = 0;   // steps already done (a resumed run starts there)
   int64_t total_steps = 1;
   const PackedDataset* validation = nullptr;  // the rows it evaluates (only their shapes matter)
-  std::vector<int32_t> sample_prompt;         // empty: this rank logs no samples
+  std::vector<int32_t> sample_prompt;         // empty: the run logs no samples
+  bool writer = false;                        // the rank that samples (with every rank where the
+                                              // state's forward needs them all)
 };
 
 // The memory of the run of data-parallel rank `meta_dp.rank()` of `meta_dp.size()`: the
-// model, gradients and optimizer state, then its steps (grad_accum_steps micro-batches of
-// (micro_batch_size, seq_len), the gradient synchronisation), evaluations and samples in
-// the run's order — replayed on the meta device with the fake communicator, skipping the
-// repeats that leave the allocator as it was (Allocator::state_fingerprint), so the
-// replay costs a few steps whatever the run's length. Nothing is read or computed.
-MemoryStats predict_rank_memory(const TrainConfig& config, Communicator& meta_dp, const GradSyncFactory& grad_sync,
-                                const RankRunShape& run);
+// model, its training state (built by `build`, or LocalState when empty) and the optimizer,
+// then its steps (grad_accum_steps micro-batches of (micro_batch_size, seq_len)),
+// evaluations and samples in the run's order — replayed on the meta device with the fake
+// communicator, skipping the repeats that leave the allocators as they were
+// (Allocator::state_fingerprint), so the replay costs a few steps whatever the run's
+// length. Nothing is read or computed. `device` and `host` are the two allocators' stats.
+struct RankMemoryPrediction {
+  MemoryStats device, host;
+};
+RankMemoryPrediction predict_rank_memory(const TrainConfig& config, Communicator& meta_dp,
+                                         const RankModelFactory& build, const RankRunShape& run);
 // The same for a single process.
-MemoryStats predict_rank_memory(const TrainConfig& config, const RankRunShape& run);
+RankMemoryPrediction predict_rank_memory(const TrainConfig& config, const RankRunShape& run);
 
 }  // namespace lmtune

@@ -21,6 +21,7 @@
 #include "trainer/loop/inference.h"
 #include "trainer/loop/resume_check.h"
 #include "trainer/loop/run_phases.h"
+#include "trainer/loop/step_engine.h"
 #include "trainer/loop/stop_signal.h"
 #include "trainer/optim/optimizer.h"
 
@@ -166,34 +167,32 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
       c.train.max_steps ? *c.train.max_steps
                         : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(*c.train.epochs * steps_per_epoch)));
   const std::vector<int32_t> sample_prompt =
-      writer && c.train.sample_tokens > 0 ? tok.encode(c.train.sample_prompt, AddBos::yes) : std::vector<int32_t>{};
+      c.train.sample_tokens > 0 ? tok.encode(c.train.sample_prompt, AddBos::yes) : std::vector<int32_t>{};
 
   // This rank's run, replayed on the meta device (milliseconds; reported at the end).
-  const MemoryStats predicted =
-      predict_rank_memory(c, *env.meta_dp, env.grad_sync, {start, total_steps, &data.validation, sample_prompt});
+  const RankMemoryPrediction predicted = predict_rank_memory(
+      c, *env.meta_dp, env.build, {start, total_steps, &data.validation, sample_prompt, writer});
 
-  // Model, optimizer, step.
+  // Model, training state, optimizer, step. What parallel.offload moves off the device
+  // lives in `host` (on this CPU-only release, another allocator over the same memory).
   LMTUNE_CHECK(alloc.device().is_cpu(), "training runs on the CPU in this release, not on ", alloc.device().str());
-  auto model = build_model(c, alloc);
-  model->allocate_grads(grad_bucket_bytes(c));
-  std::vector<ParamRef> trainable = model->trainable_parameters();
-  AdamW adam(trainable, alloc, adam_options(c));
-  std::unique_ptr<GradientSync> sync;
-  if (dp.size() > 1) sync = env.grad_sync(*model, dp, c);
-  StepEngine engine(*model, adam, dp, sync.get(), {c.train.seed, c.train.max_grad_norm});
+  auto host = Allocator::create(Device::cpu());
+  const ModelSource source(c);
+  RankModel rm = env.build ? env.build(c, source, alloc, *host, dp) : build_local_model(c, source, alloc);
+  LlamaModel& model = *rm.model;
+  TrainingState& state = *rm.state;
+  AdamW adam(state.owned(), optimizer_allocator(c, alloc, *host), adam_options(c));
+  StepEngine engine(model, adam, dp, state, {c.train.seed, c.train.max_grad_norm});
   ScheduleOptions sched{schedule_kind(c.train.schedule), c.train.lr, c.train.min_lr_ratio, c.train.warmup_steps,
                         total_steps};
-  auto named_trainable = [&] {
-    std::vector<std::pair<std::string, Tensor>> v;
-    for (const ParamRef& p : trainable) v.emplace_back(p.name, p.value);
-    return v;
-  };
+  const bool samples = !sample_prompt.empty() && (writer || state.forward_needs_every_rank());
 
   if (resume_dir) {
-    auto t = named_trainable();
-    auto o = adam.state();
-    const TrainerState st = load_checkpoint(*resume_dir, t, o);
+    std::vector<ParamRef> into = state.held_params();
+    for (const ParamRef& m : adam.state()) into.push_back(m);
+    const TrainerState st = load_checkpoint(*resume_dir, into, checkpoint_tensor_names(model.layout()));
     LMTUNE_ASSERT(st.step == start, "the checkpoint's step changed while loading");
+    state.after_load();
     adam.set_steps_taken(st.adam_steps);
     loader.restore(st.loader);
   }
@@ -216,7 +215,7 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
     if (resume_dir) log << "resumed from " << resume_dir->string() << " at step " << start << "\n";
     log << data_loss_report(data, c.data.seq_len, data_options(c).packing);
     int64_t trainable_count = 0;
-    for (const ParamRef& p : trainable) trainable_count += p.value.numel();
+    for (const UnitLayout& u : model.layout().units) trainable_count += u.trainable_numel();
     log << "ranks: " << run.world << " (dp " << dp.size() << "), " << threads << " thread" << (threads == 1 ? "" : "s")
         << " per rank; global batch " << dp.size() << " x " << c.train.micro_batch_size << " x " << accum << " = "
         << global_micro * accum << " rows of " << c.data.seq_len << " tokens\n";
@@ -232,15 +231,20 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
   TrainSummary summary;
   summary.run_dir = c.output.dir;
   auto save = [&](int64_t step) {
-    auto tensors = named_trainable();
-    for (auto& t : adam.state()) tensors.push_back(t);
-    // Every rank holds all of them (data parallelism): each writes its even share.
-    summary.last_checkpoint =
-        save_checkpoint(c.output.dir, even_share(tensors, world.rank(), world.size()),
-                        {step, adam.steps_taken(), loader.state(), fingerprint}, config_yaml, run, world);
+    // What every rank of the group holds alike, each rank writes an even share of; what is
+    // split over the ranks (ZeRO), each writes its own pieces.
+    std::vector<ParamRef> mine =
+        state.params_partitioned() ? state.held_params() : even_share(state.held_params(), dp.rank(), dp.size());
+    const std::vector<ParamRef> moments =
+        state.owned_partitioned() ? adam.state() : even_share(adam.state(), dp.rank(), dp.size());
+    mine.insert(mine.end(), moments.begin(), moments.end());
+    summary.last_checkpoint = save_checkpoint(c.output.dir, mine, {step, adam.steps_taken(), loader.state(), fingerprint},
+                                              config_yaml, run, world);
   };
   auto run_eval = [&](int64_t step) {
-    const EvalResult e = evaluate(*model, data.validation, c.train.micro_batch_size, c.train.eval_batches, dp);
+    const EvalResult e =
+        evaluate(model, data.validation, c.train.micro_batch_size, c.train.eval_batches, dp, &state,
+                 state.forward_needs_every_rank() ? Lockstep::yes : Lockstep::no);
     nlohmann::json j = {{"step", step}};
     if (e.tokens > 0) {
       j["val_loss"] = e.loss;
@@ -248,7 +252,8 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
       summary.validation_loss = e.loss;
     }
     std::string sample;
-    if (!sample_prompt.empty()) j["sample"] = sample = tok.decode(sample_ids(*model, sample_prompt, c));
+    if (samples) sample = tok.decode(sample_ids(model, sample_prompt, c, &state));
+    if (!sample.empty()) j["sample"] = sample;
     metrics.write(j);
     if (!talk) return;
     if (progress == Progress::bar) log << "\n";
@@ -262,7 +267,7 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
     log << std::flush;
   };
   auto finish = [&]() -> TrainSummary& {
-    const RankMemory mine{run.rank, alloc.stats(), predicted, process_peak_rss()};
+    const RankMemory mine{run.rank, alloc.stats(), predicted.device, process_peak_rss(), host->stats(), predicted.host};
     summary.memory = gather_rank_memory(world, mine);
     if (writer) write_memory_json(c.output.dir / "memory.json", summary.memory);
     return summary;
@@ -297,7 +302,10 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
     nlohmann::json m = {{"step", done},       {"loss", r.loss},         {"lr", lr},
                         {"grad_norm", r.grad_norm}, {"tokens_per_s", tok_s}, {"step_seconds", step_s},
                         {"peak_allocated_bytes", peak}};
-    if (sync) m["reduced_bytes"] = sync->bytes_reduced();
+    if (dp.size() > 1) {
+      m["reduced_bytes"] = state.bytes_reduced();
+      m["gathered_bytes"] = state.bytes_gathered();
+    }
     metrics.write(m);
     char line[256];
     if (progress == Progress::bar) {

@@ -26,11 +26,17 @@
 
 namespace lmtune {
 
-// A named parameter: its value and (when it trains) its gradient, both views.
+// A named parameter — or a piece of one: elements [start, start + value.numel()) of the
+// flattened parameter of shape full_shape, as a shard of it is — with its value and (when
+// it trains) its gradient, both views.
 struct ParamRef {
   std::string name;  // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
   Tensor value;
-  Tensor grad;  // undefined for frozen parameters
+  Tensor grad;       // undefined for frozen parameters
+  Shape full_shape;  // empty: value is the whole parameter
+  int64_t start = 0;
+  const Shape& logical_shape() const { return full_shape.empty() ? value.shape() : full_shape; }
+  bool whole() const { return full_shape.empty(); }
 };
 
 // What random draws of one layer depend on, for one micro-batch.

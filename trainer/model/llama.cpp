@@ -279,12 +279,25 @@ bool is_adapter_name(std::string_view name) {
 }
 
 void LlamaModel::load_weights(const SafeTensorsReader& reader) {
-  std::set<std::string> wanted;
-  for (ParamRef& p : parameters()) {
-    if (is_adapter_name(p.name)) continue;
-    reader.load_into(p.name, p.value);
-    wanted.insert(p.name);
+  check_weight_names(reader);
+  for (int u = 0; u < layout_.num_units(); ++u) load_unit_weights(reader, u);
+}
+
+void LlamaModel::load_unit_weights(const SafeTensorsReader& reader, int unit) {
+  const UnitLayout& layout = layout_.units[unit];
+  for (size_t i = 0; i < layout.rows.size(); ++i) {
+    if (is_adapter_name(layout.rows[i].name)) continue;
+    LMTUNE_ASSERT(params_[unit][i].defined(), "unit '", layout.name, "' is not bound");
+    reader.load_into(layout.rows[i].name, params_[unit][i]);
   }
+}
+
+void LlamaModel::check_weight_names(const SafeTensorsReader& reader) const {
+  std::set<std::string> wanted;
+  for (const UnitLayout& u : layout_.units)
+    for (const ParamRow& r : u.rows)
+      if (!is_adapter_name(r.name)) wanted.insert(r.name);
+  for (const std::string& name : wanted) reader.get(name);  // each must be there (the error names it)
   // Strict, as torch's load_state_dict: a tensor this model would not use means the
   // checkpoint is of another architecture (biases or norms its config.json does not declare).
   for (const std::string& name : reader.names()) {
@@ -312,20 +325,7 @@ void LlamaModel::allocate_grads(int64_t bucket_bytes) {
   if (!buckets_.empty()) return;
   LMTUNE_CHECK(opts_.role != ParamRole::trainable || opts_.weight_dtype == DType::f32,
                "training the base weights needs them in f32 (model.dtype f32), not ", dtype_name(opts_.weight_dtype));
-  // Consecutive units in backward order, each bucket at most bucket_bytes of f32 gradients.
-  std::vector<std::vector<int>> groups;
-  int64_t current = 0;
-  for (int u = layout_.num_units() - 1; u >= 0; --u) {
-    const int64_t n = layout_.units[u].trainable_numel();
-    if (n == 0) continue;
-    if (groups.empty() || (current > 0 && (current + n) * 4 > bucket_bytes)) {
-      groups.emplace_back();
-      current = 0;
-    }
-    groups.back().push_back(u);
-    current += n;
-  }
-  for (const std::vector<int>& units : groups) {
+  for (const std::vector<int>& units : grad_bucket_units(layout_, bucket_bytes)) {
     int64_t total = 0;
     for (int u : units) total += layout_.units[u].trainable_numel();
     GradBucket bucket{Tensor::zeros(alloc_, {total}, DType::f32, MemCategory::grads), units};
@@ -362,10 +362,14 @@ std::vector<ParamRef> LlamaModel::trainable_parameters() {
 }
 
 void LlamaModel::init_adapters() {
-  if (!opts_.lora) return;
+  for (int l = 0; l < num_blocks(); ++l) init_adapters(ModelLayout::block_unit(l));
+}
+
+void LlamaModel::init_adapters(int unit) {
+  if (!opts_.lora || unit < 1 || unit > num_blocks()) return;
   const auto& targets = lora_target_names();
-  for (int l = 0; l < num_blocks(); ++l) {
-    const int u = ModelLayout::block_unit(l);
+  {
+    const int u = unit, l = unit - 1;
     for (size_t p = 0; p < targets.size(); ++p) {
       const int row = layout_.units[u].find("model.layers." + std::to_string(l) + "." + lora_module_path(targets[p]) +
                                             ".lora_A.weight");
@@ -514,21 +518,31 @@ KVCache LlamaModel::make_kv_cache(int64_t batch, int64_t capacity) {
   return c;
 }
 
-Tensor LlamaModel::forward_cached(const Tensor& tokens, KVCache& cache) {
+Tensor LlamaModel::forward_cached(const Tensor& tokens, KVCache& cache, UnitHooks* hooks) {
+  UnitHooks none;
+  UnitHooks& h = hooks != nullptr ? *hooks : none;
   const int64_t B = tokens.size(0), T = tokens.size(1), C = cfg_.hidden_size;
   LMTUNE_ASSERT(!cache.k.empty() && cache.k[0].size(0) == B, "KV cache batch does not match tokens ",
                 shape_str(tokens.shape()));
   const int64_t pos0 = cache.length;
+  h.before_forward(ModelLayout::embed_unit());
   Tensor x = embed_forward(tokens);
-  for (auto& b : blocks_) x = b->forward(x, B, T, pos0, &cache, nullptr);
+  h.after_forward(ModelLayout::embed_unit());
+  for (int l = 0; l < num_blocks(); ++l) {
+    h.before_forward(ModelLayout::block_unit(l));
+    x = blocks_[l]->forward(x, B, T, pos0, &cache, nullptr);
+    h.after_forward(ModelLayout::block_unit(l));
+  }
   cache.length += T;
   Tensor last = act(alloc_, {B, C});
   for (int64_t b = 0; b < B; ++b) last.view(b * C, {C}).copy_(x.view((b * T + T - 1) * C, {C}));
   x = Tensor();
+  h.before_forward(layout_.head_unit());
   Tensor xf = final_norm(last, nullptr);
   last = Tensor();
   Tensor logits = act(alloc_, {B, cfg_.vocab_size});
   ops::linear_forward(logits, xf, lm_head_weight(), nullptr);
+  h.after_forward(layout_.head_unit());
   return logits;
 }
 

@@ -162,6 +162,10 @@ class LlamaModel {
   // On the meta device the weights are only checked (names, shapes), not read.
   static std::unique_ptr<LlamaModel> load(const std::filesystem::path& dir, Allocator& alloc, ModelOptions opts = {});
   void load_weights(const SafeTensorsReader& reader);
+  // The same in pieces, for a parameter store that binds one unit at a time: the names
+  // check (every tensor there, none this model would not use), then a unit's rows (bound).
+  void check_weight_names(const SafeTensorsReader& reader) const;
+  void load_unit_weights(const SafeTensorsReader& reader, int unit);
 
   const LlamaConfig& config() const { return cfg_; }
   Allocator& allocator() const { return alloc_; }
@@ -175,14 +179,19 @@ class LlamaModel {
   // own), zero-filled, category `grads`, bound to the units that train.
   void allocate_grads(int64_t bucket_bytes = kDefaultBucketBytes);
   const std::vector<GradBucket>& grad_buckets() const { return buckets_; }
+  // The views bound to a unit's rows now (in its layout's row order; undefined: unbound).
+  const std::vector<Tensor>& unit_params(int unit) const { return params_[unit]; }
+  const std::vector<Tensor>& unit_grads(int unit) const { return grads_[unit]; }
   void zero_grads();
   // Parameters with their HF names, in layout order (unit by unit); LoRA adapters as
   // <module>.lora_A.weight / <module>.lora_B.weight. Views of what is bound now.
   std::vector<ParamRef> parameters();
   // The ones that train (those with a gradient once allocate_grads has run).
   std::vector<ParamRef> trainable_parameters();
-  // LoRA A of every block from options().seed (B is left as it is: zero when fresh).
+  // LoRA A of every block from options().seed (B is left as it is: zero when fresh); of one
+  // unit (a no-op for units without adapters).
   void init_adapters();
+  void init_adapters(int unit);
   // Folds every LoRA adapter into its base weight (W += scaling * B A, in double) and zeroes
   // B, so the model computes the same function with the adapters now inert. The base must
   // be f32. No-op on meta.
@@ -218,7 +227,7 @@ class LlamaModel {
   KVCache make_kv_cache(int64_t batch, int64_t capacity);
   // Feeds tokens (B, T) at positions [cache.length, +T); returns the logits of the last
   // position of each sequence, (B, V).
-  Tensor forward_cached(const Tensor& tokens, KVCache& cache);
+  Tensor forward_cached(const Tensor& tokens, KVCache& cache, UnitHooks* hooks = nullptr);
 
  private:
   const Tensor& lm_head_weight() const;

@@ -83,6 +83,22 @@ UnitLayout UnitLayoutBuilder::finish() {
   return std::move(unit_);
 }
 
+std::vector<std::vector<int>> grad_bucket_units(const ModelLayout& layout, int64_t bucket_bytes) {
+  std::vector<std::vector<int>> groups;
+  int64_t current = 0;
+  for (int u = layout.num_units() - 1; u >= 0; --u) {
+    const int64_t n = layout.units[u].trainable_numel();
+    if (n == 0) continue;
+    if (groups.empty() || (current > 0 && (current + n) * 4 > bucket_bytes)) {
+      groups.emplace_back();
+      current = 0;
+    }
+    groups.back().push_back(u);
+    current += n;
+  }
+  return groups;
+}
+
 std::vector<Tensor> row_views(const UnitLayout& layout, const UnitBuffers& buffers) {
   LMTUNE_ASSERT(buffers.groups.size() == layout.groups.size(), "unit '", layout.name, "' has ", layout.groups.size(),
                 " parameter groups; ", buffers.groups.size(), " buffers were given");

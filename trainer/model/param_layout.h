@@ -95,6 +95,12 @@ struct ModelLayout {
 
 ModelLayout model_param_layout(const LlamaConfig& cfg, const ModelOptions& opts);
 
+// The gradient buckets of data parallelism: consecutive units with something to train, in
+// backward order (highest unit first), grouped so that a group's trainable elements take at
+// most bucket_bytes as f32 (a unit larger than that is a group of its own). A bucket's flat
+// buffer holds, unit after unit in this order, each trainable group of the unit.
+std::vector<std::vector<int>> grad_bucket_units(const ModelLayout& layout, int64_t bucket_bytes);
+
 // Collects a unit's rows, placing each in its group's buffer in the order added. The
 // dtype and category of a row follow from its group kind and the model options.
 class UnitLayoutBuilder {

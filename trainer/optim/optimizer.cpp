@@ -36,30 +36,37 @@ void AdamW::step(double lr) {
   for (size_t i = 0; i < params_.size(); ++i) ops::adamw_step(params_[i].value, params_[i].grad, m_[i], v_[i], hp, t_);
 }
 
-std::vector<std::pair<std::string, Tensor>> AdamW::state() {
-  std::vector<std::pair<std::string, Tensor>> out;
+std::vector<ParamRef> AdamW::state() const {
+  std::vector<ParamRef> out;
   for (size_t i = 0; i < params_.size(); ++i) {
-    out.emplace_back(params_[i].name + ".exp_avg", m_[i]);
-    out.emplace_back(params_[i].name + ".exp_avg_sq", v_[i]);
+    const ParamRef& p = params_[i];  // the moments are whole when the parameter is
+    out.push_back({p.name + ".exp_avg", m_[i], Tensor(), p.full_shape, p.start});
+    out.push_back({p.name + ".exp_avg_sq", v_[i], Tensor(), p.full_shape, p.start});
   }
   return out;
 }
 
-double grad_norm(const std::vector<ParamRef>& params) {
+double grad_sum_squares(const std::vector<ParamRef>& params) {
   double ss = 0;
   for (const ParamRef& p : params) ss += ops::sum_squares(p.grad);
-  return std::sqrt(ss);
+  return ss;
+}
+
+double grad_norm(const std::vector<ParamRef>& params) { return std::sqrt(grad_sum_squares(params)); }
+
+bool clip_grads_to(const std::vector<ParamRef>& params, double norm, double max_norm) {
+  if (!(max_norm > 0 && norm > max_norm)) return false;
+  const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+  for (const ParamRef& p : params) {
+    Tensor g = p.grad;
+    ops::scale_inplace(g, scale);
+  }
+  return true;
 }
 
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
   const double norm = grad_norm(params);
-  if (max_norm > 0 && norm > max_norm) {
-    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
-    for (const ParamRef& p : params) {
-      Tensor g = p.grad;
-      ops::scale_inplace(g, scale);
-    }
-  }
+  clip_grads_to(params, norm, max_norm);
   return norm;
 }
 

@@ -34,15 +34,17 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  // Every param must have a gradient. m and v start at zero.
+  // Every param must have a gradient. m and v start at zero, in `alloc` (the device's
+  // allocator, or the host's under CPU offload).
   AdamW(std::vector<ParamRef> params, Allocator& alloc, AdamWOptions opts);
   // One update with learning rate lr (bias correction uses the internal step count).
   void step(double lr);
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }
   const std::vector<ParamRef>& params() const { return params_; }
-  // State tensors with their checkpoint names.
-  std::vector<std::pair<std::string, Tensor>> state();
+  // The moments of each parameter (or piece) as pieces of the logical tensors
+  // "<name>.exp_avg" and "<name>.exp_avg_sq" (the parameter's shape and start).
+  std::vector<ParamRef> state() const;
 
  private:
   std::vector<ParamRef> params_;
@@ -51,8 +53,13 @@ class AdamW {
   int64_t t_ = 0;
 };
 
-// The global L2 norm of the gradients (accumulated in double).
+// The sum of squares of the gradients (accumulated in double).
+double grad_sum_squares(const std::vector<ParamRef>& params);
+// The global L2 norm of the gradients.
 double grad_norm(const std::vector<ParamRef>& params);
+// Scales the gradients by max_norm / norm when norm > max_norm > 0 (`norm` is the global
+// norm, over every rank's pieces). Returns whether it scaled.
+bool clip_grads_to(const std::vector<ParamRef>& params, double norm, double max_norm);
 // Scales the gradients so their global norm is at most max_norm (no-op when max_norm <= 0
 // or the norm is already below it). Returns the norm before clipping.
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm);
