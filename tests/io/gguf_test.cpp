@@ -25,6 +25,7 @@
 
 #include "common/test_models.h"
 #include "io/io_test_util.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/ops.h"
 #include "trainer/core/dtype.h"
 #include "trainer/data/tokenizer.h"
@@ -108,8 +109,8 @@ TEST(GgufQ8_0, MatchesGgmlReferenceQuantizer) {
   x[2] = 0.01f;
   x[3] = -0.03f;
   x[4] = 1.0f;
-  std::vector<uint8_t> q(kQ8_0BlockBytes);
-  quantize_q8_0(x.data(), 32, q.data());
+  std::vector<uint8_t> q(cpu::kQ8_0BlockBytes);
+  cpu::quantize_q8_0(x.data(), 32, q.data());
   const float d = 2.54f / 127.0f, id = 1.0f / d;
   uint16_t dh;
   std::memcpy(&dh, q.data(), 2);
@@ -120,13 +121,13 @@ TEST(GgufQ8_0, MatchesGgmlReferenceQuantizer) {
   EXPECT_EQ(static_cast<int8_t>(q[2 + 0]), 127);
   EXPECT_EQ(static_cast<int8_t>(q[2 + 1]), -127);
   std::vector<float> back(32);
-  dequantize_q8_0(q.data(), 32, back.data());
+  cpu::dequantize_q8_0(q.data(), 32, back.data());
   const float dd = f16_to_f32(dh);
   for (int i = 0; i < 32; ++i) EXPECT_NEAR(back[i], x[i], 0.5f * dd + 1e-3f * std::fabs(x[i])) << i;
 
   // An all-zero block: d = 0, q = 0, no division by zero.
   std::vector<float> z(32, 0.0f);
-  quantize_q8_0(z.data(), 32, q.data());
+  cpu::quantize_q8_0(z.data(), 32, q.data());
   for (size_t i = 0; i < q.size(); ++i) EXPECT_EQ(q[i], 0) << i;
 }
 
@@ -370,7 +371,7 @@ TEST(GgufExport, F16AndQ8_0TensorsWithinTheirRounding) {
     const uint8_t* blocks = g8.tensor_data(g8.tensor(t.name));
     for (size_t b = 0; b < ref.size() / 32; ++b) {
       uint16_t dh;
-      std::memcpy(&dh, blocks + b * kQ8_0BlockBytes, 2);
+      std::memcpy(&dh, blocks + b * cpu::kQ8_0BlockBytes, 2);
       const float d = f16_to_f32(dh);
       float amax = 0.0f;
       for (size_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(ref[b * 32 + i]));

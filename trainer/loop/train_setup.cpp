@@ -14,7 +14,9 @@ ModelOptions model_options(const TrainConfig& c) {
   o.role = c.method.type == MethodType::full ? ParamRole::trainable : ParamRole::frozen;
   o.weight_dtype = c.model.dtype;
   o.seed = c.train.seed;
-  if (c.method.type == MethodType::lora) {
+  if (c.method.type == MethodType::qlora) o.base_quant = BaseQuant::nf4;
+  o.qat = c.method.qat.scheme;
+  if (uses_lora(c.method.type)) {
     const LoraSection& l = c.method.lora;
     LoraOptions lo;
     lo.rank = l.rank;
@@ -80,7 +82,7 @@ void load_adapter_file(LlamaModel& model, const fs::path& file) {
 
 std::unique_ptr<LlamaModel> build_model(const TrainConfig& c, Allocator& alloc) {
   auto model = LlamaModel::load(c.model.path, alloc, model_options(c));
-  if (c.method.type == MethodType::lora && c.method.lora.init_from) load_adapter_file(*model, *c.method.lora.init_from);
+  if (uses_lora(c.method.type) && c.method.lora.init_from) load_adapter_file(*model, *c.method.lora.init_from);
   return model;
 }
 

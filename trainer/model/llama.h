@@ -223,6 +223,13 @@ class LlamaModel {
  private:
   const Tensor& lm_head_weight() const;
   Tensor& lm_head_grad();
+  // The lm_head's input and weight as the forward multiplies them: the final-norm output and
+  // the weight themselves, or under QAT their Q8_0 values (workspace; the gradients pass
+  // straight through to xf and to the weight).
+  struct HeadOperands {
+    Tensor x, w;
+  };
+  HeadOperands head_operands(const Tensor& xf) const;
   Tensor final_norm(const Tensor& x, Tensor* rstd);
 
   LlamaConfig cfg_;
