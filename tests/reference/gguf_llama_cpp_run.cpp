@@ -5,6 +5,11 @@
 // the libraries) and run it as a subprocess.
 //
 //   gguf_llama_cpp_run MODEL.gguf LIB_DIR N_PREDICT PROMPT [FORCED_IDS]
+//   gguf_llama_cpp_run quantize q4_0|q8_0 ROW_LENGTH IN.f32 OUT.bin
+//
+// quantize: ggml's own quantizer (ggml_quantize_chunk, the reference quantizers llama.cpp's
+// tools write model files with) applied to the raw little-endian float32 values of IN.f32,
+// rows of ROW_LENGTH; the blocks are written to OUT.bin.
 //
 // The prompt is tokenized by llama.cpp's own tokenizer with BOS added. Without FORCED_IDS it
 // decodes N_PREDICT tokens greedily (argmax; ties -> lowest id) on the CPU. With FORCED_IDS
@@ -43,7 +48,30 @@ std::string piece_of(const llama_vocab* vocab, llama_token id) {
 
 }  // namespace
 
+int quantize_main(int argc, char** argv) {
+  if (argc != 6) fail("usage: quantize q4_0|q8_0 ROW_LENGTH IN.f32 OUT.bin");
+  const std::string type = argv[2];
+  const ggml_type t = type == "q4_0" ? GGML_TYPE_Q4_0 : type == "q8_0" ? GGML_TYPE_Q8_0 : GGML_TYPE_COUNT;
+  if (t == GGML_TYPE_COUNT) fail("unknown type " + type);
+  const int64_t row = std::atoll(argv[3]);
+  FILE* in = std::fopen(argv[4], "rb");
+  if (in == nullptr) fail(std::string("cannot read ") + argv[4]);
+  std::vector<float> x;
+  float v;
+  while (std::fread(&v, 4, 1, in) == 1) x.push_back(v);
+  std::fclose(in);
+  if (row <= 0 || x.size() % static_cast<size_t>(row) != 0) fail("IN.f32 does not hold whole rows");
+  const int64_t rows = static_cast<int64_t>(x.size()) / row;
+  std::vector<uint8_t> out(ggml_row_size(t, row) * static_cast<size_t>(rows));
+  ggml_quantize_chunk(t, x.data(), out.data(), 0, rows, row, nullptr);
+  FILE* o = std::fopen(argv[5], "wb");
+  if (o == nullptr || std::fwrite(out.data(), 1, out.size(), o) != out.size()) fail(std::string("cannot write ") + argv[5]);
+  std::fclose(o);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "quantize") return quantize_main(argc, argv);
   if (argc != 5 && argc != 6) {
     std::fprintf(stderr, "usage: %s MODEL.gguf LIB_DIR N_PREDICT PROMPT [FORCED_IDS]\n", argv[0]);
     return 2;
