@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -18,6 +19,8 @@
 #include "kernels/cpu/quant.h"
 #include "kernels/ops.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/loop/export.h"
+#include "trainer/peft/lora.h"
 #include "trainer/model/llama.h"
 #include "trainer/peft/nf4.h"
 
@@ -284,6 +287,85 @@ TEST(Nf4, LoadsABitsandbytesCheckpoint) {
     if (a[i].value.dtype() != DType::u8) continue;
     EXPECT_EQ(std::memcmp(a[i].value.raw(), b[i].value.raw(), a[i].value.nbytes()), 0) << a[i].name;
   }
+}
+
+}  // namespace
+}  // namespace lmtune
+
+namespace lmtune {
+namespace {
+
+// A QLoRA run exported: merged in f32 (the NF4 values plus the scaled adapter product: the
+// same function the run trained), and with --dtype nf4 in bitsandbytes' layout — which the
+// reference reads back to the values its own quantization of the merged weights gives, which
+// lmtune loads as a QLoRA base, and whose export memory the meta device predicts exactly.
+TEST(Nf4, QloraRunExportsMergedAndAsBitsandbytes) {
+  REQUIRE_PYTHON();
+  if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
+  const fs::path root = testing::temp_dir("lmtune-nf4-export");
+  const fs::path model = testing::write_tiny_train_model(root / "model");
+  std::ofstream(root / "text.txt") << "The little fox ran to the river to drink and to look at the silver fish.\n";
+  std::ofstream(root / "cfg.yaml") << "model: {path: " << model.string() << "}\n"
+                                   << "method: {type: qlora, lora: {rank: 4, alpha: 8, target_modules: all-linear}}\n"
+                                   << "data: {train_files: [" << (root / "text.txt").string() << "], seq_len: 16}\n"
+                                   << "train: {max_steps: 3, micro_batch_size: 2, lr: 0.02, eval_every: 0, "
+                                      "sample_tokens: 0, threads: 1}\n"
+                                   << "output: {dir: " << (root / "run").string() << "}\n";
+  ASSERT_EQ(testing::run_lmtune("train " + quote((root / "cfg.yaml").string()) + " --quiet").exit_code, 0);
+  for (const std::string& args : {"--format hf --out " + quote((root / "f32").string()),
+                                  "--format hf --dtype nf4 --out " + quote((root / "nf4").string())}) {
+    const auto r = testing::run_lmtune("export " + quote((root / "run").string()) + " " + args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  // the merged model computes what the QLoRA model with its trained adapters computes
+  auto alloc = Allocator::create(Device::cpu());
+  ModelOptions qlora;
+  qlora.base_quant = BaseQuant::nf4;
+  LoraOptions lo;
+  lo.rank = 4;
+  lo.alpha = 8;
+  lo.targets = lora_target_names();
+  qlora.lora = lo;
+  auto trained = LlamaModel::load(model, *alloc, qlora);
+  const auto tensors = testing::read_checkpoint_tensors(root / "run" / "checkpoint-3");
+  for (ParamRef& p : trained->parameters())
+    if (is_adapter_name(p.name)) p.value.copy_from_host(tensors.at(p.name).data(), DType::f32);
+  auto merged = LlamaModel::load(root / "f32", *alloc);
+  const std::vector<int32_t> ids = {1, 450, 4799, 14982, 29871, 432, 2};
+  const std::vector<float> a = logits_of(*trained, ids), b = logits_of(*merged, ids);
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::abs(double(a[i]) - b[i])), scale = std::max(scale, std::abs(double(a[i])));
+  EXPECT_LT(diff, 1e-5 * scale) << "the merged export computes another function than the QLoRA run";
+
+  // the nf4 export: the reference's reading equals its own NF4 of the merged weights, and lmtune's reading
+  auto r = testing::run_command(nf4_ref("dequantize-bnb " + quote((root / "nf4").string()) + " " +
+                                        quote((root / "nf4-read.safetensors").string())));
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  r = testing::run_command(nf4_ref("quantize " + quote((root / "f32").string()) + " " +
+                                   quote((root / "f32-nf4.safetensors").string()) + " --projections"));
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const SafeTensorsReader read = SafeTensorsReader::open(root / "nf4-read.safetensors");
+  const SafeTensorsReader requant = SafeTensorsReader::open(root / "f32-nf4.safetensors");
+  auto dense = LlamaModel::load(root / "nf4", *alloc);
+  int weights = 0;
+  for (const ParamRef& p : dense->parameters()) {
+    if (!read.contains(p.name)) continue;
+    expect_same_bits(f32_of(read.get(p.name)), f32_of(requant.get(p.name + ".dequantized")), p.name);
+    expect_same_bits(p.value.to_f32(), f32_of(read.get(p.name)), p.name + " (lmtune)");
+    ++weights;
+  }
+  EXPECT_EQ(weights, 2 * 7);
+  const auto config = nlohmann::json::parse(std::ifstream(root / "nf4" / "config.json"));
+  EXPECT_EQ(config["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+  EXPECT_EQ(config["quantization_config"]["bnb_4bit_use_double_quant"], true);
+  auto as_base = LlamaModel::load(root / "nf4", *alloc, qlora);  // loads as a QLoRA base, bytes as they are
+  EXPECT_GT(alloc->stats().of(MemCategory::quant).current, 0);
+  // the export's memory, predicted on meta
+  auto measured = Allocator::create(Device::cpu());
+  export_run(root / "run", ExportFormat::hf, root / "nf4-again", "nf4", *measured);
+  const MemoryStats predicted = predict_export_memory(root / "run", ExportFormat::hf, "nf4");
+  EXPECT_EQ(measured->stats().allocated.peak, predicted.allocated.peak);
+  EXPECT_EQ(measured->stats().of(MemCategory::workspace).peak, predicted.of(MemCategory::workspace).peak);
 }
 
 }  // namespace
