@@ -19,55 +19,14 @@
 #include "kernels/cpu/reduce.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/op_checks.h"
 
 namespace lmtune::ops {
+using namespace internal;
 namespace {
 
 // Weights stored as bf16/f16 are converted to f32 in row chunks of at most this many elements.
 constexpr int64_t kConvertChunkElems = int64_t{1} << 22;
-
-Tensor workspace(const Tensor& like, Shape shape) {
-  return Tensor::empty(like.allocator(), std::move(shape), DType::f32, MemCategory::workspace);
-}
-
-void check_dtype(const Tensor& t, DType want, const char* op, const char* name) {
-  LMTUNE_ASSERT(t.defined(), op, ": ", name, " is an undefined tensor");
-  LMTUNE_ASSERT(t.dtype() == want, op, ": ", name, " must be ", dtype_name(want), ", got ", dtype_name(t.dtype()),
-                " ", shape_str(t.shape()));
-}
-
-void check_float_storage(const Tensor& t, const char* op, const char* name) {
-  LMTUNE_ASSERT(t.defined(), op, ": ", name, " is an undefined tensor");
-  LMTUNE_ASSERT(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f16, op, ": ", name,
-                " must be f32, bf16 or f16, got ", dtype_name(t.dtype()));
-}
-
-// Every tensor of an op lives on the device of `ref`, which is cpu or meta.
-void check_devices(const char* op, const Tensor& ref, std::initializer_list<const Tensor*> others) {
-  const Device d = ref.device();
-  LMTUNE_ASSERT(d.is_cpu() || d.is_meta(), op, ": tensors on ", d.str(), " are not supported by these kernels");
-  for (const Tensor* t : others)
-    if (t != nullptr)
-      LMTUNE_ASSERT(t->device() == d, op, ": tensors on different devices (", d.str(), " and ", t->device().str(),
-                    ")");
-}
-
-int64_t last_dim(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(-1); }
-int64_t rows_of(const Tensor& t) {
-  const int64_t c = last_dim(t);
-  return c == 0 ? 0 : t.numel() / c;
-}
-
-// (rows, cols) view of a tensor whose last dimension is `cols`.
-void check_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* name) {
-  LMTUNE_ASSERT(t.dim() >= 1 && last_dim(t) == cols && rows_of(t) == rows, op, ": ", name, " has shape ",
-                shape_str(t.shape()), ", expected (", rows, ", ", cols, ") (leading dimensions flattened)");
-}
-
-void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* na, const char* nb) {
-  LMTUNE_ASSERT(a.shape() == b.shape(), op, ": ", na, " ", shape_str(a.shape()), " and ", nb, " ",
-                shape_str(b.shape()), " must have the same shape");
-}
 
 int64_t convert_chunk_rows(int64_t rows, int64_t cols) {
   return std::max<int64_t>(1, std::min(rows, kConvertChunkElems / std::max<int64_t>(cols, 1)));

@@ -112,6 +112,30 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
 // weight (OC, IC) f32 += scale * b (OC, r) @ a (r, IC), each element's sum taken in double.
 void lora_merge(Tensor& weight, const Tensor& a, const Tensor& b, float scale);
 
+// ---- quantization (the formats: kernels/cpu/quant.h) ------------------------------------
+// A weight of `shape` (n = numel) stored as NF4 with double-quantized absmax, in
+// bitsandbytes' layout:
+//   codes          u8, >= (n + 1) / 2: two 4-bit codes per byte, the first in the high nibble
+//   absmax         u8, ceil(n / 64): each block's scale, 8-bit codes of (absmax - offset)
+//   nested_absmax  f32, ceil(blocks / 256): the scale of each 256 absmax codes
+//   offset         f32, 1: the mean of the block absmax
+//   nested_code    f32, 256: the 8-bit code map of the absmax (signed dynamic map)
+struct Nf4Weight {
+  Shape shape;
+  Tensor codes, absmax, nested_absmax, offset, nested_code;
+};
+// q (all five written; nested_code := lmtune's signed dynamic map) = NF4 of w (n values,
+// f32, finite). Workspace: ceil(n / 64) f32.
+void nf4_quantize(Nf4Weight& q, const Tensor& w);
+// w (n values, f32) = the values q stands for, with q's own nested_code. Workspace:
+// ceil(n / 64) f32.
+void nf4_dequantize(Tensor& w, const Nf4Weight& q);
+// out = x with every run of 32 values along the last dimension replaced by what GGUF's
+// Q4_0 / Q8_0 stores for it (dequantize(quantize(.))); the last dimension must be a
+// multiple of 32; out may be x. Gradients pass straight through (the callers' STE).
+void fake_quant_q4_0(Tensor& out, const Tensor& x);
+void fake_quant_q8_0(Tensor& out, const Tensor& x);
+
 // ---- utilities -------------------------------------------------------------------------
 int64_t argmax_row(const Tensor& logits, int64_t row);  // logits (N, V) f32, CPU only
 double sum_squares(const Tensor& t);                    // f32; 0 on meta

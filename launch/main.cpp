@@ -302,7 +302,8 @@ int run_train(const Args& args, Allocator& alloc, Output out, const RunContext& 
 const std::vector<OptionSpec> kExportOptions = with_common({
     {"format", true, "hf (merged weights), peft (adapter) or gguf (required)"},
     {"out", true, "output directory (hf, peft) or file (gguf) (required)"},
-    {"dtype", true, "f32 | f16 | bf16 for hf and peft; f32 | f16 | bf16 | q8_0 for gguf (default f32)"},
+    {"dtype", true, "f32 | f16 | bf16 for hf and peft, nf4 for hf (bitsandbytes 4-bit); f32 | f16 | bf16 | q8_0 | q4_0 "
+                    "for gguf (default f32)"},
     {"overwrite", false, "replace an earlier export of the same format at --out (nothing else is ever replaced)"},
 });
 
@@ -372,7 +373,7 @@ const std::vector<Verb>& verbs() {
        "(--decode IDS | --ids-file FILE)",
        &kTokenizeOptions, exits_0<run_tokenize>},
       {"train", "lmtune train CONFIG.yaml [key.sub=value ...]", &kTrainOptions, run_train},
-      {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0] [--overwrite]",
+      {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|nf4|q8_0|q4_0] [--overwrite]",
        &kExportOptions, exits_0<run_export>},
       {"launch", kLaunchUsage, &launch_options(), [](const Args& a, Allocator&, Output, const RunContext&) { return run_launch(a); }},
   };

@@ -50,6 +50,7 @@ class Zero3State final : public TrainingState {
       for (size_t g = 0; g < full.groups.size(); ++g) units_[u].groups[g].shard.copy_(chunk_of(full.groups[g], u, g));
       unbind_params(u);
     }
+    source.finish(model);
     for (int u = 0; u < U; ++u)
       for (size_t g = 0; g < units_[u].groups.size(); ++g) {
         Group& gr = units_[u].groups[g];

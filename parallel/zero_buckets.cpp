@@ -48,6 +48,7 @@ class ZeroBucketState final : public TrainingState {
     }
     source.check(model);
     for (int u = 0; u < U; ++u) source.fill(model, u);
+    source.finish(model);
     for (Bucket& b : buckets_) {
       const FlatView values{b.params, 0};
       const FlatView grads = o.stage == 1 ? FlatView{b.grads, 0} : FlatView{b.shard, b.flat.chunk() * dp.rank()};

@@ -25,6 +25,8 @@
 
 #include "common/test_models.h"
 #include "io/io_test_util.h"
+#include "io/llama_cpp_util.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/ops.h"
 #include "trainer/core/dtype.h"
 #include "trainer/data/tokenizer.h"
@@ -42,6 +44,11 @@ using lmtune::test::expect_error;
 using lmtune::test::read_bytes;
 using lmtune::test::TempDir;
 using lmtune::test::write_bytes;
+using lmtune::test::LlamaCppRun;
+using lmtune::test::lmtune_greedy;
+using lmtune::test::llama_cpp_runner;
+using lmtune::test::quote;
+using lmtune::test::run_llama_cpp;
 
 constexpr const char* kPrompt = "Once upon a time";
 constexpr int kSteps = 40;
@@ -108,8 +115,8 @@ TEST(GgufQ8_0, MatchesGgmlReferenceQuantizer) {
   x[2] = 0.01f;
   x[3] = -0.03f;
   x[4] = 1.0f;
-  std::vector<uint8_t> q(kQ8_0BlockBytes);
-  quantize_q8_0(x.data(), 32, q.data());
+  std::vector<uint8_t> q(cpu::kQ8_0BlockBytes);
+  cpu::quantize_q8_0(x.data(), 32, q.data());
   const float d = 2.54f / 127.0f, id = 1.0f / d;
   uint16_t dh;
   std::memcpy(&dh, q.data(), 2);
@@ -120,13 +127,13 @@ TEST(GgufQ8_0, MatchesGgmlReferenceQuantizer) {
   EXPECT_EQ(static_cast<int8_t>(q[2 + 0]), 127);
   EXPECT_EQ(static_cast<int8_t>(q[2 + 1]), -127);
   std::vector<float> back(32);
-  dequantize_q8_0(q.data(), 32, back.data());
+  cpu::dequantize_q8_0(q.data(), 32, back.data());
   const float dd = f16_to_f32(dh);
   for (int i = 0; i < 32; ++i) EXPECT_NEAR(back[i], x[i], 0.5f * dd + 1e-3f * std::fabs(x[i])) << i;
 
   // An all-zero block: d = 0, q = 0, no division by zero.
   std::vector<float> z(32, 0.0f);
-  quantize_q8_0(z.data(), 32, q.data());
+  cpu::quantize_q8_0(z.data(), 32, q.data());
   for (size_t i = 0; i < q.size(); ++i) EXPECT_EQ(q[i], 0) << i;
 }
 
@@ -370,7 +377,7 @@ TEST(GgufExport, F16AndQ8_0TensorsWithinTheirRounding) {
     const uint8_t* blocks = g8.tensor_data(g8.tensor(t.name));
     for (size_t b = 0; b < ref.size() / 32; ++b) {
       uint16_t dh;
-      std::memcpy(&dh, blocks + b * kQ8_0BlockBytes, 2);
+      std::memcpy(&dh, blocks + b * cpu::kQ8_0BlockBytes, 2);
       const float d = f16_to_f32(dh);
       float amax = 0.0f;
       for (size_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(ref[b * 32 + i]));
@@ -656,111 +663,6 @@ TEST(GgufExport, QwenArchitecturesTensorsAsTheyAre) {
 }
 
 // ---- llama.cpp: the independent reader ---------------------------------------------------
-
-struct LlamaCppRun {
-  std::vector<int32_t> prompt_ids;
-  std::vector<int32_t> ids;
-  std::string text;
-};
-
-std::vector<int32_t> parse_ids(const std::string& s) {
-  std::vector<int32_t> v;
-  std::istringstream in(s);
-  int32_t x;
-  while (in >> x) v.push_back(x);
-  return v;
-}
-
-std::string quote(const std::string& s) {
-  std::string r = "'";
-  for (char c : s) r += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return r + "'";
-}
-
-// Fetches llama.cpp (once; skipped without npm) and compiles the runner against its headers.
-// Returns the runner's path, or empty with `why` set.
-fs::path llama_cpp_runner(std::string& why) {
-  static std::once_flag once;
-  static fs::path runner;
-  static std::string reason;
-  std::call_once(once, [] {
-    const fs::path src = fs::path(LMTUNE_SOURCE_DIR);
-    const fs::path llama = fs::path(LMTUNE_MODELS_DIR) / "llama.cpp";
-    if (!fs::exists(llama / "lib" / "libllama.so")) {
-      if (testing::run_command("command -v npm && command -v node").exit_code != 0) {
-        reason = "llama.cpp not fetched and npm/node not found (scripts/fetch_llama_cpp.sh)";
-        return;
-      }
-      const auto r = testing::run_command(quote((src / "scripts" / "fetch_llama_cpp.sh").string()));
-      if (r.exit_code != 0 || !fs::exists(llama / "lib" / "libllama.so")) {
-        reason = "scripts/fetch_llama_cpp.sh failed (offline?): " + r.err;
-        return;
-      }
-    }
-    const fs::path bin = testing::temp_dir("lmtune-llama-cpp") / "gguf_llama_cpp_run";
-    const std::string lib = fs::canonical(llama / "lib").string();
-    const std::string cmd = "c++ -std=c++17 -O2 -I" + quote((llama / "include").string()) + " " +
-                            quote((src / "tests" / "reference" / "gguf_llama_cpp_run.cpp").string()) + " -o " +
-                            quote(bin.string()) + " -L" + quote(lib) + " -l:libllama.so -l:libggml.so -lggml-base" +
-                            " -Wl,-rpath," + quote(lib);
-    const auto r = testing::run_command(cmd);
-    if (r.exit_code != 0) {
-      reason = "FAILED to compile the llama.cpp runner: " + r.err;
-      return;
-    }
-    runner = bin;
-  });
-  why = reason;
-  return runner;
-}
-
-LlamaCppRun run_llama_cpp(const fs::path& runner, const fs::path& gguf, int n, const std::string& prompt,
-                          const std::vector<int32_t>& forced = {}) {
-  const std::string lib = fs::canonical(fs::path(LMTUNE_MODELS_DIR) / "llama.cpp" / "lib").string();
-  std::string cmd = quote(runner.string()) + " " + quote(gguf.string()) + " " + quote(lib) + " " + std::to_string(n) +
-                    " " + quote(prompt);
-  if (!forced.empty()) {
-    std::string f;
-    for (size_t i = 0; i < forced.size(); ++i) {
-      if (i != 0) f += ',';
-      f += std::to_string(forced[i]);
-    }
-    cmd += " " + f;
-  }
-  const auto r = testing::run_command(cmd);
-  EXPECT_EQ(r.exit_code, 0) << cmd << "\n" << r.err;
-  LlamaCppRun out;
-  std::istringstream in(r.out);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("prompt_ids:", 0) == 0) out.prompt_ids = parse_ids(line.substr(11));
-    if (line.rfind("ids:", 0) == 0) out.ids = parse_ids(line.substr(4));
-    if (line.rfind("text: ", 0) == 0) out.text = line.substr(6);
-  }
-  return out;
-}
-
-// lmtune's own greedy continuation, computed in this process (one thread: a 15M model
-// gains nothing from more, and spinning OpenMP threads on a shared machine cost a lot).
-std::vector<int32_t> lmtune_greedy(const fs::path& dir, const std::vector<int32_t>& prompt, int n) {
-  struct OneThread {
-    int saved = ops::num_threads();
-    OneThread() { ops::set_num_threads(1); }
-    ~OneThread() { ops::set_num_threads(saved); }
-  } one_thread;
-  auto alloc = Allocator::create(Device::cpu());
-  auto model = LlamaModel::load(dir, *alloc);
-  SamplingOptions opts;
-  opts.max_new_tokens = n;
-  opts.temperature = 0.0f;
-  return generate(*model, prompt, opts, nullptr, StopAtEos::no);
-}
-
-#define REQUIRE_LLAMA_CPP(runner)                  \
-  std::string why_;                                \
-  const fs::path runner = llama_cpp_runner(why_);  \
-  if (why_.rfind("FAILED", 0) == 0) FAIL() << why_; \
-  if (runner.empty()) GTEST_SKIP() << why_
 
 TEST(GgufLlamaCpp, F32AndF16ContinueExactlyAsLmtune) {
   REQUIRE_STORIES();

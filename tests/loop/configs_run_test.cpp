@@ -66,6 +66,8 @@ TrainSummary run_config_for_two_steps(const std::string& name, fs::path hf = {})
   } while (0)
 
 TEST(ConfigExamples, DemoLora) { EXPECT_CONFIG_TRAINS("demo_lora.yaml"); }
+TEST(ConfigExamples, DemoQlora) { EXPECT_CONFIG_TRAINS("demo_qlora.yaml"); }
+TEST(ConfigExamples, DemoQat) { EXPECT_CONFIG_TRAINS("demo_qat.yaml"); }
 TEST(ConfigExamples, FullFinetune) { EXPECT_CONFIG_TRAINS("full_finetune.yaml"); }
 TEST(ConfigExamples, AlpacaLora) { EXPECT_CONFIG_TRAINS("alpaca_lora.yaml"); }
 TEST(ConfigExamples, ChatLora) { EXPECT_CONFIG_TRAINS("chat_lora.yaml"); }

@@ -292,6 +292,7 @@ TEST_F(TrainConfigTest, RoundTripThroughToYaml) {
   c.method.lora.dropout = 1.0 / 3.0;
   c.method.lora.target_modules = {LoraTarget::k, LoraTarget::o, LoraTarget::up};
   c.method.lora.init_from = dir_ / "adapter.safetensors";
+  c.method.qat.scheme = QatScheme::q4_0;
   c.data.format = DataFormat::chat;
   c.data.seq_len = 1024;
   c.data.prompt_template = "  leading spaces {instruction}\n\n### R:\n";
@@ -485,7 +486,34 @@ TEST_F(TrainConfigTest, BadBool) {
 
 TEST_F(TrainConfigTest, BadEnumMethodType) {
   expect_error(minimal() + "method:\n  type: lorra\n",
-               {"method.type", "expected one of lora, full", "'lorra'", "did you mean 'lora'?"});
+               {"method.type", "expected one of lora, full, qlora", "'lorra'", "did you mean 'lora'?"});
+}
+
+TEST_F(TrainConfigTest, QloraAndQatParse) {
+  const TrainConfig q = load_train_config(write("q.yaml", minimal() + "method:\n  type: qlora\n"), {});
+  EXPECT_EQ(q.method.type, MethodType::qlora);
+  EXPECT_TRUE(uses_lora(q.method.type));
+  EXPECT_EQ(q.method.qat.scheme, QatScheme::none);
+  const TrainConfig a = load_train_config(write("a.yaml", minimal() + "method:\n  qat:\n    scheme: q4_0\n"), {});
+  EXPECT_EQ(a.method.type, MethodType::lora);
+  EXPECT_EQ(a.method.qat.scheme, QatScheme::q4_0);
+  EXPECT_EQ(load_train_config(write("a.yaml", minimal()), {"method.qat.scheme=q4_0"}).method.qat.scheme,
+            QatScheme::q4_0);
+}
+
+TEST_F(TrainConfigTest, BadQatScheme) {
+  expect_error(minimal() + "method:\n  qat:\n    scheme: q4_1\n",
+               {"method.qat.scheme", "expected one of none, q4_0", "'q4_1'", "did you mean 'q4_0'?"});
+  expect_error(minimal() + "method:\n  qat:\n    schema: q4_0\n", {"method.qat.schema", "did you mean 'method.qat.scheme'?"});
+}
+
+TEST_F(TrainConfigTest, BadQuantizationCombinations) {
+  expect_error(replace(minimal(), "data:\n", "  dtype: bf16\ndata:\n") + "method:\n  type: qlora\n",
+               {"model.dtype", "qlora", "NF4", "bf16"});
+  expect_error(minimal() + "method:\n  type: qlora\n  qat:\n    scheme: q4_0\n",
+               {"method.qat.scheme", "qlora", "method.type lora"});
+  expect_error(minimal() + "method:\n  lora:\n    dropout: 0.1\n  qat:\n    scheme: q4_0\n",
+               {"method.lora.dropout", "W + scaling B A", "set method.lora.dropout to 0"});
 }
 
 TEST_F(TrainConfigTest, BadEnumSchedule) {

@@ -1,7 +1,8 @@
 // Training parity with PyTorch: 10 optimizer steps of lmtune's real trainer (train(), as
 // `lmtune train` runs it) against an independent PyTorch loop (tests/reference/train_ref.py:
-// llama_ref's model in float64, autograd, torch.optim.AdamW, clip_grad_norm_), once with full
-// fine-tuning and once with LoRA on all seven linear layers, on a small random model with
+// llama_ref's model in float64, autograd, torch.optim.AdamW, clip_grad_norm_), with full
+// fine-tuning, with LoRA on all seven linear layers, with QLoRA (LoRA over the base's NF4
+// values) and with QAT for Q4_0 (LoRA and full; see the note above those tests), on a small random model with
 // awkward sizes (width 48, 6 query / 2 kv heads of 8, SwiGLU 100, rope_theta 50000, untied
 // lm_head). Checked: every step's loss (relative error <= 1e-4), and every final trainable
 // tensor (max |ours - ref| / max |ref| <= 1e-4); the worst of each is printed.
@@ -114,23 +115,29 @@ std::vector<double> as_doubles(const SafeTensorInfo& t) {
   return out;
 }
 
+// The model configs: awkward sizes for LoRA / full / QLoRA (NF4 blocks of 64 straddle rows
+// of 48); multiples of 32 where QAT needs them (Q4_0 / Q8_0 blocks of 32 along the rows).
+constexpr const char* kAwkwardModel =
+    R"({"vocab_size": 32000, "hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 2,)"
+    R"( "intermediate_size": 100, "num_hidden_layers": 2, "rope_theta": 50000.0,)"
+    R"( "tie_word_embeddings": false, "max_position_embeddings": 64})";
+constexpr const char* kQatModel =
+    R"({"vocab_size": 32000, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,)"
+    R"( "intermediate_size": 96, "num_hidden_layers": 2, "rope_theta": 50000.0,)"
+    R"( "tie_word_embeddings": false, "max_position_embeddings": 64})";
+
+// Bounds on the relative errors: the first step's loss and gradient norm (both sides start
+// from the same weights), the later steps', and the final weights.
+struct Tolerance {
+  double first = kLossTol, later = kLossTol, later_grad_norm = kLossTol, weights = kWeightTol;
+};
+
 class TrainParity : public ::testing::Test {
  protected:
   void SetUp() override {
     if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
     if (!fs::exists(LMTUNE_PYTHON)) GTEST_SKIP() << LMTUNE_PYTHON << " (with torch) not found";
     root_ = testing::temp_dir("lmtune-train-parity");
-    model_ = root_ / "model";
-    // Random weights scaled so the logits are O(1) (llama_ref's make-model), vocabulary of
-    // stories15M so its tokenizer drives the text pipeline.
-    const std::string cfg =
-        R"({"vocab_size": 32000, "hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 2,)"
-        R"( "intermediate_size": 100, "num_hidden_layers": 2, "rope_theta": 50000.0,)"
-        R"( "tie_word_embeddings": false, "max_position_embeddings": 64})";
-    const auto r = testing::run_command(python() + " " + reference_script("llama_ref.py") + " make-model --out " +
-                                        quote(model_.string()) + " --seed 7 --config " + quote(cfg));
-    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-    Tokenizer::from_llama2c(testing::stories15m_llama2c_dir() / "tokenizer.bin").save_hf_json(model_ / "tokenizer.json");
     fs::create_directories(root_ / "data");
     int i = 0;
     for (const char* doc : kDocuments) {
@@ -140,22 +147,35 @@ class TrainParity : public ::testing::Test {
     }
   }
 
-  TrainConfig config(const std::string& method) const {
+  // Random weights scaled so the logits are O(1) (llama_ref's make-model), vocabulary of
+  // stories15M so its tokenizer drives the text pipeline.
+  void make_model(const std::string& cfg) {
+    model_ = root_ / "model";
+    const auto r = testing::run_command(python() + " " + reference_script("llama_ref.py") + " make-model --out " +
+                                        quote(model_.string()) + " --seed 7 --config " + quote(cfg));
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    Tokenizer::from_llama2c(testing::stories15m_llama2c_dir() / "tokenizer.bin").save_hf_json(model_ / "tokenizer.json");
+  }
+
+  static bool adapters(const std::string& method) { return method == "lora" || method == "qlora"; }
+
+  TrainConfig config(const std::string& method, const std::string& qat) const {
     std::ostringstream y;
     y << "model:\n  path: " << model_.string() << "\n"
       << "method:\n  type: " << method << "\n"
+      << "  qat:\n    scheme: " << qat << "\n"
       << "  lora:\n    rank: 4\n    alpha: 8\n    dropout: 0.0\n    target_modules: all-linear\n";
-    if (method == "lora") y << "    init_from: " << (root_ / "init_adapter.safetensors").string() << "\n";
+    if (adapters(method)) y << "    init_from: " << (root_ / "init_adapter.safetensors").string() << "\n";
     y << "data:\n  format: text\n  train_files: [" << (root_ / "data" / "*.txt").string() << "]\n"
       << "  seq_len: 20\n  packing: false\n  shuffle: true\n  seed: 5\n"
       << "train:\n  max_steps: " << kSteps << "\n  micro_batch_size: 3\n  grad_accum_steps: 2\n"
-      << "  lr: " << (method == "lora" ? "0.004" : "0.002") << "\n  min_lr_ratio: 0.1\n"
+      << "  lr: " << (adapters(method) ? "0.004" : "0.002") << "\n  min_lr_ratio: 0.1\n"
       << "  warmup_steps: 3\n  schedule: cosine\n  weight_decay: 0.1\n"
       << "  adam_beta1: 0.9\n  adam_beta2: 0.98\n  adam_eps: 1.0e-8\n"
-      << "  max_grad_norm: " << (method == "lora" ? "0.9" : "2.0") << "\n  threads: 2\n"
+      << "  max_grad_norm: " << (adapters(method) ? "0.9" : qat == "none" ? "2.0" : "3.0") << "\n  threads: 2\n"
       << "  log_every: 100\n  eval_every: 0\n  sample_tokens: 0\n  seed: 1\n"
-      << "output:\n  dir: " << (root_ / ("run-" + method)).string() << "\n";
-    const fs::path file = root_ / (method + ".yaml");
+      << "output:\n  dir: " << (root_ / ("run-" + method + "-" + qat)).string() << "\n";
+    const fs::path file = root_ / (method + "-" + qat + ".yaml");
     std::ofstream(file) << y.str();
     return load_train_config(file, {});
   }
@@ -201,6 +221,7 @@ class TrainParity : public ::testing::Test {
     for (LoraTarget t : c.method.lora.target_modules) targets.push_back(std::string(to_string(t)));
     const nlohmann::json j = {
         {"method", std::string(to_string(c.method.type))},
+        {"qat", c.method.qat.scheme == QatScheme::none ? nlohmann::json() : nlohmann::json(to_string(c.method.qat.scheme))},
         {"lr", c.train.lr},
         {"min_lr_ratio", c.train.min_lr_ratio},
         {"warmup_steps", c.train.warmup_steps},
@@ -252,9 +273,13 @@ class TrainParity : public ::testing::Test {
     w.write(file);
   }
 
-  void expect_parity(const std::string& method) {
-    if (method == "lora") write_init_adapter(root_ / "init_adapter.safetensors");
-    const TrainConfig c = config(method);
+  // method: full | lora | qlora; qat: none | q4_0.
+  void expect_parity(const std::string& method_type, const std::string& qat = "none", const char* model_cfg = kAwkwardModel,
+                     Tolerance tol = {}) {
+    make_model(model_cfg);
+    const std::string method = method_type + (qat == "none" ? "" : "+qat-" + qat);
+    if (adapters(method_type)) write_init_adapter(root_ / "init_adapter.safetensors");
+    const TrainConfig c = config(method_type, qat);
     const fs::path batches = root_ / (method + "-batches.json"), cfg_json = root_ / (method + "-config.json");
     const fs::path ref_losses = root_ / (method + "-ref-losses.json");
     const fs::path ref_weights = root_ / (method + "-ref-weights.safetensors");
@@ -272,7 +297,7 @@ class TrainParity : public ::testing::Test {
                       " --batches " + quote(batches.string()) + " --train-config " + quote(cfg_json.string()) +
                       " --out-losses " + quote(ref_losses.string()) + " --out-weights " +
                       quote(ref_weights.string()) + " --threads 2";
-    if (method == "lora") cmd += " --adapter " + quote((root_ / "init_adapter.safetensors").string());
+    if (adapters(method_type)) cmd += " --adapter " + quote((root_ / "init_adapter.safetensors").string());
     const auto r = testing::run_command(cmd);
     ASSERT_EQ(r.exit_code, 0) << cmd << "\n" << r.out << r.err;
 
@@ -293,8 +318,8 @@ class TrainParity : public ::testing::Test {
                     static_cast<long long>(i + 1), ours.loss[i], rl, el, ours.grad_norm[i], rn, en,
                     rn > c.train.max_grad_norm ? " (clipped)" : "");
       table << line;
-      EXPECT_LE(el, kLossTol) << "step " << i + 1;
-      EXPECT_LE(en, kLossTol) << "grad norm, step " << i + 1;
+      EXPECT_LE(el, i == 0 ? tol.first : tol.later) << "step " << i + 1;
+      EXPECT_LE(en, i == 0 ? tol.first : tol.later_grad_norm) << "grad norm, step " << i + 1;
       EXPECT_NEAR(ours.lr[i], ref["lr"][i].get<double>(), 1e-12 * c.train.lr) << "learning rate, step " << i + 1;
       if (el > worst_loss) worst_loss = el, worst_step = static_cast<int>(i + 1);
       worst_norm = std::max(worst_norm, en);
@@ -307,8 +332,8 @@ class TrainParity : public ::testing::Test {
     // the final trainable weights
     const auto mine = testing::read_checkpoint_tensors(c.output.dir / ("checkpoint-" + std::to_string(kSteps)));
     const SafeTensorsReader theirs = SafeTensorsReader::open(ref_weights);
-    const SafeTensorsReader init = method == "lora" ? SafeTensorsReader::open(root_ / "init_adapter.safetensors")
-                                                    : SafeTensorsReader::open(model_);
+    const SafeTensorsReader init = adapters(method_type) ? SafeTensorsReader::open(root_ / "init_adapter.safetensors")
+                                                         : SafeTensorsReader::open(model_);
     size_t compared = 0;
     double worst_w = 0, worst_update = 0;
     std::string worst_w_name, worst_update_name;
@@ -320,7 +345,7 @@ class TrainParity : public ::testing::Test {
       const SafeTensorInfo& b = theirs.get(name);
       const std::vector<double> x(it->second.begin(), it->second.end()), y = as_doubles(b);
       ASSERT_EQ(x.size(), y.size()) << name;
-      const std::vector<double> x0 = as_doubles(init.get(method == "lora" ? "base_model.model." + name : name));
+      const std::vector<double> x0 = as_doubles(init.get(adapters(method_type) ? "base_model.model." + name : name));
       double diff = 0, ref_max = 0, moved = 0;
       for (size_t i = 0; i < y.size(); ++i) {
         diff = std::max(diff, std::abs(x[i] - y[i]));
@@ -331,7 +356,7 @@ class TrainParity : public ::testing::Test {
       // The same difference measured against how far the reference moved the tensor: the
       // error of the update itself (reported, not asserted; see the note in the report).
       const double rel_update = moved > 0 ? diff / moved : diff;
-      EXPECT_LE(rel, kWeightTol) << name << ": max|ours - ref| " << diff << ", max|ref| " << ref_max;
+      EXPECT_LE(rel, tol.weights) << name << ": max|ours - ref| " << diff << ", max|ref| " << ref_max;
       EXPECT_GT(moved, 0.0) << name << " did not move in training";
       if (rel >= worst_w) worst_w = rel, worst_w_name = name;
       if (rel_update >= worst_update) worst_update = rel_update, worst_update_name = name;
@@ -362,6 +387,28 @@ class TrainParity : public ::testing::Test {
 TEST_F(TrainParity, FullFineTuningMatchesPyTorch) { expect_parity("full"); }
 
 TEST_F(TrainParity, LoraAllLinearMatchesPyTorch) { expect_parity("lora"); }
+
+// QLoRA: the reference trains LoRA over the base's NF4 values, dequantize(quantize(W)) by
+// the numpy reference of bitsandbytes' algorithm (tests/reference/nf4_ref.py).
+TEST_F(TrainParity, QloraMatchesPyTorchOverTheNf4Values) { expect_parity("qlora"); }
+
+// QAT for Q4_0, with LoRA (the merged weight fake-quantized) and with full fine-tuning: the
+// reference's fake quantizers are its own torch code of ggml's reference quantizers (equal
+// to ggml's own on these weights). Fake quantization is discontinuous: an activation within
+// float32 rounding noise of a Q8_0 rounding tie (some 140 per forward of this model are
+// within 2e-5 of one) rounds to either neighbour in the two implementations, and so does a
+// merged weight near a Q4_0 boundary once the adapters differ in their last bits. One such
+// flip moves the loss by ~5e-6 (measured on the first step of the LoRA run; the full run's
+// first step agrees to 2e-10), and the runs then drift apart as two float32 runs with
+// different summation orders of a discontinuous function do (measured over 10 steps:
+// losses <= 8e-4, gradient norms <= 9e-3; weights <= 1.5e-3 of their largest value under
+// full fine-tuning, <= 1.2e-2 for the LoRA adapters, where Adam turns a small difference
+// in a near-zero gradient into a different step of up to lr). So the first step is held to
+// the 1e-4 of the other methods, later steps to that drift.
+TEST_F(TrainParity, QatLoraMatchesPyTorch) { expect_parity("lora", "q4_0", kQatModel, {kLossTol, 3e-3, 3e-2, 3e-2}); }
+TEST_F(TrainParity, QatFullFineTuningMatchesPyTorch) {
+  expect_parity("full", "q4_0", kQatModel, {kLossTol, 3e-3, 3e-2, 3e-2});
+}
 
 }  // namespace
 }  // namespace lmtune

@@ -498,6 +498,14 @@ class LlamaRef:
         bias = self.params.get(prefix + ".bias")
         return y if bias is None else y + bias
 
+    def embed(self, tokens):
+        """tokens (B, T) -> the embedding rows (B, T, C)."""
+        return self.params["model.embed_tokens.weight"][tokens]
+
+    def head(self, h):
+        """the final norm's output (B, T, C) -> logits (B, T, V)."""
+        return h @ self.lm_head().t()
+
     def forward(self, tokens):
         """tokens (B, T) int64 -> logits (B, T, V)."""
         cfg, P = self.cfg, self.params
@@ -506,7 +514,7 @@ class LlamaRef:
         ang = rope_angles(T, D, cfg.rope_theta, inv_freq=rope_inv_freq(D, cfg.rope_theta, cfg.rope_scaling))
         cos, sin = torch.cos(ang).to(self.dtype), torch.sin(ang).to(self.dtype)
         rope = apply_rope_interleaved if cfg.rope_style == "interleaved" else apply_rope_half
-        h = P["model.embed_tokens.weight"][tokens]
+        h = self.embed(tokens)
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}."
             a = rms_norm(h, P[p + "input_layernorm.weight"], cfg.rms_norm_eps)
@@ -524,7 +532,7 @@ class LlamaRef:
             up = self.linear(m, p + "mlp.up_proj")
             h = h + self.linear(torch.nn.functional.silu(gate) * up, p + "mlp.down_proj")
         h = rms_norm(h, P["model.norm.weight"], cfg.rms_norm_eps)
-        return h @ self.lm_head().t()
+        return self.head(h)
 
 
 def token_losses(logits, targets):

@@ -20,6 +20,13 @@ lmtune's *contract* (not its code):
   LoRA (dropout 0): y = x W^T + scaling * (x A^T) B^T, scaling = alpha / r (alpha / sqrt(r)
   with rslora); W frozen, A (r, in) and B (out, r) trained, initial A and B read from a
   safetensors file under PEFT's names ("base_model.model.<module>.lora_A.weight").
+  QLoRA: LoRA over the projection matrices' NF4 values, W := dequantize(quantize(W)) by
+  tests/reference/nf4_ref.py (numpy, bitsandbytes' algorithm).
+  QAT ("qat": "q4_0", with full or lora), llama.cpp's Q4_0 x Q8_0 arithmetic with
+  straight-through gradients (x + (fq(x) - x).detach()), the fake quantizers written here
+  from ggml's reference quantizers in float32 torch ops: every projection
+  y = fq8(x) fq4(W_eff)^T with W_eff = W + scaling B A under LoRA; the embedding rows fq8;
+  logits = fq8(h) fq8(W_head)^T.
 
 Usage (run with /usr/bin/python3, which has torch):
   train_ref.py --model HF_DIR --batches BATCHES.json --train-config CFG.json
@@ -29,7 +36,7 @@ Usage (run with /usr/bin/python3, which has torch):
   BATCHES.json: [[{"tokens": [...B*T], "targets": [...B*T], "B": B, "T": T}, ...], ...]
                 one list of micro-batches per optimizer step (flat row-major (B, T) lists or
                 nested [[...], ...] rows); a target < 0 is ignored.
-  CFG.json:     {"method": "full" | "lora", "lr", "min_lr_ratio", "warmup_steps",
+  CFG.json:     {"method": "full" | "lora" | "qlora", "qat": null | "q4_0", "lr", "min_lr_ratio", "warmup_steps",
                  "total_steps", "schedule": "cosine" | "linear" | "constant",
                  "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm",
                  "lora": {"rank", "alpha", "rslora", "target_modules": ["q", ..., "down"]}}
@@ -52,6 +59,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llama_ref  # noqa: E402
+import nf4_ref  # noqa: E402
 
 # lmtune's short target names -> HF module paths inside a block (PEFT's q_proj ... down_proj).
 LORA_MODULES = {
@@ -101,6 +109,70 @@ class LoraLlamaRef(llama_ref.LlamaRef):
         return out
 
 
+def fq_q4_0(w):
+    """ggml's quantize_row_q4_0_ref then dequantization, on the last dimension's runs of 32 (float32)."""
+    x = w.detach().to(torch.float32).reshape(-1, 32)
+    idx = x.abs().argmax(dim=1, keepdim=True)  # the first of equal magnitudes, as ggml's strict '<'
+    d = x.gather(1, idx) / -8.0
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.clamp(torch.trunc(x * inv + 8.5), max=15.0)
+    return ((q - 8.0) * d.half().float()).reshape(w.shape).to(w.dtype)
+
+
+def fq_q8_0(w):
+    """ggml's quantize_row_q8_0_ref (roundf: half away from zero) then dequantization (float32)."""
+    x = w.detach().to(torch.float32).reshape(-1, 32)
+    d = x.abs().amax(dim=1, keepdim=True) / 127.0
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    v = x * inv
+    t = torch.trunc(v)
+    q = t + torch.sign(v) * ((v - t).abs() >= 0.5).to(torch.float32)
+    return (q * d.half().float()).reshape(w.shape).to(w.dtype)
+
+
+def ste(x, fq):
+    """fq(x) forward, identity backward."""
+    return x + (fq(x) - x).detach()
+
+
+class QatLlamaRef(LoraLlamaRef):
+    """QAT for Q4_0 over full fine-tuning (lora None) or LoRA (the weight fake-quantized is the
+    merged W + scaling B A)."""
+
+    def __init__(self, config, weights, dtype, lora):
+        if lora is None:
+            llama_ref.LlamaRef.__init__(self, config, weights, dtype=dtype, requires_grad=True)
+            self.adapters, self.scaling, self.full = {}, 0.0, True
+        else:
+            super().__init__(config, weights, dtype, *lora)
+            self.full = False
+
+    def quantized_weight(self, prefix):
+        """fq4(W_eff) forward, identity backward. The value quantized is W_eff as float32
+        computes it for the export: W (float32) plus the float32 rounding of scaling B A."""
+        w = self.params[prefix + ".weight"]
+        ab = self.adapters.get(prefix)
+        if ab is None:
+            return ste(w, fq_q4_0)
+        delta = self.scaling * (ab[1] @ ab[0])
+        merged32 = w.detach().to(torch.float32) + delta.detach().to(torch.float32)
+        return w + delta + (fq_q4_0(merged32).to(w.dtype) - (w + delta)).detach()
+
+    def linear(self, x, prefix):
+        y = ste(x, fq_q8_0) @ self.quantized_weight(prefix).t()
+        bias = self.params.get(prefix + ".bias")
+        return y if bias is None else y + bias
+
+    def embed(self, tokens):
+        return ste(super().embed(tokens), fq_q8_0)
+
+    def head(self, h):
+        return ste(h, fq_q8_0) @ ste(self.lm_head(), fq_q8_0).t()
+
+    def trainable(self):
+        return list(self.params.items()) if self.full else super().trainable()
+
+
 def learning_rate(c, step):
     lr, warmup, total = float(c["lr"]), int(c["warmup_steps"]), int(c["total_steps"])
     if warmup > 0 and step < warmup:
@@ -125,19 +197,29 @@ def as_rows(values, B, T):
 
 def train(model_dir, steps, c, adapter_file, dtype):
     config, weights = llama_ref.load_hf_dir(model_dir)
-    if c["method"] == "full":
-        model = llama_ref.LlamaRef(config, weights, dtype=dtype, requires_grad=True)
-        named = list(model.params.items())
-    elif c["method"] == "lora":
+    method, qat = c["method"], c.get("qat")
+    if method == "qlora":
+        weights = {n: nf4_ref.roundtrip(w) if nf4_ref.is_projection(n) else w for n, w in weights.items()}
+    lora = None
+    if method in ("lora", "qlora"):
         if not adapter_file:
-            raise ValueError("method lora needs --adapter (the initial adapter weights)")
+            raise ValueError(f"method {method} needs --adapter (the initial adapter weights)")
         init, _ = llama_ref.read_safetensors(adapter_file)
         lc = c["lora"]
-        model = LoraLlamaRef(config, weights, dtype, int(lc["rank"]), float(lc["alpha"]), bool(lc.get("rslora", False)),
-                             lc["target_modules"], init)
+        lora = (int(lc["rank"]), float(lc["alpha"]), bool(lc.get("rslora", False)), lc["target_modules"], init)
+    elif method != "full":
+        raise ValueError(f"unknown method {method!r}")
+    if qat not in (None, "q4_0"):
+        raise ValueError(f"unknown qat scheme {qat!r}")
+    if qat == "q4_0":
+        model = QatLlamaRef(config, weights, dtype, lora)
         named = model.trainable()
+    elif lora is None:
+        model = llama_ref.LlamaRef(config, weights, dtype=dtype, requires_grad=True)
+        named = list(model.params.items())
     else:
-        raise ValueError(f"unknown method {c['method']!r}")
+        model = LoraLlamaRef(config, weights, dtype, *lora)
+        named = model.trainable()
     params = [p for _, p in named]
     opt = torch.optim.AdamW(params, lr=float(c["lr"]), betas=(float(c["adam_beta1"]), float(c["adam_beta2"])),
                             eps=float(c["adam_eps"]), weight_decay=float(c["weight_decay"]))

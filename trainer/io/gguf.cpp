@@ -47,8 +47,11 @@
 //
 // Types: 1-D tensors are F32 always; 2-D weights F32 / F16 / BF16 / Q8_0 by the requested
 // type, Q8_0 falling back to F16 where ne[0] is not a multiple of 32 (as the converter
-// does). Conversions round to nearest even (F16, BF16); Q8_0 is bit-exact with ggml's
-// reference quantizer (float32 d = amax / 127, id = 1 / d, q = roundf(x * id)).
+// does). Q4_0 (a type llama.cpp's converter does not write; its llama-quantize does) puts
+// the blocks' projection matrices in Q4_0 and token_embd / output in Q8_0, each falling
+// back to F16 likewise: the arithmetic QAT trains for (trainer/peft/qat.h). Conversions
+// round to nearest even (F16, BF16); Q8_0 and Q4_0 are bit-exact with ggml's reference
+// quantizers (kernels/cpu/quant.h).
 //
 // Invariants: the whole plan (names, shapes, types, sizes, offsets) is computed and checked
 // before a byte is written; data are then streamed one tensor at a time (peak memory: one
@@ -65,6 +68,7 @@
 #include <map>
 #include <set>
 
+#include "kernels/cpu/quant.h"
 #include "trainer/core/dtype.h"
 #include "trainer/core/error.h"
 #include "trainer/data/tokenizer.h"
@@ -97,7 +101,8 @@ GgufType parse_gguf_type(std::string_view name) {
   if (s == "f16") return GgufType::f16;
   if (s == "bf16") return GgufType::bf16;
   if (s == "q8_0") return GgufType::q8_0;
-  LMTUNE_THROW("unknown GGUF type '", name, "': expected one of f32, f16, bf16, q8_0");
+  if (s == "q4_0") return GgufType::q4_0;
+  LMTUNE_THROW("unknown GGUF type '", name, "': expected one of f32, f16, bf16, q8_0, q4_0");
 }
 
 std::string_view gguf_type_name(GgufType t) {
@@ -106,6 +111,7 @@ std::string_view gguf_type_name(GgufType t) {
     case GgufType::f16: return "f16";
     case GgufType::bf16: return "bf16";
     case GgufType::q8_0: return "q8_0";
+    case GgufType::q4_0: return "q4_0";
   }
   return "?";
 }
@@ -114,6 +120,7 @@ std::string_view ggml_type_name(GgmlType t) {
   switch (t) {
     case GgmlType::f32: return "F32";
     case GgmlType::f16: return "F16";
+    case GgmlType::q4_0: return "Q4_0";
     case GgmlType::q8_0: return "Q8_0";
     case GgmlType::bf16: return "BF16";
   }
@@ -139,39 +146,6 @@ std::string_view gguf_value_type_name(GgufValueType t) {
   return "?";
 }
 
-// ---- Q8_0 -------------------------------------------------------------------------------
-
-void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
-  LMTUNE_ASSERT(n % kQ8_0BlockValues == 0, "Q8_0 needs a multiple of 32 values, got ", n);
-  for (int64_t b = 0; b < n / kQ8_0BlockValues; ++b) {
-    const float* xb = x + b * kQ8_0BlockValues;
-    uint8_t* ob = out + b * kQ8_0BlockBytes;
-    float amax = 0.0f;
-    for (int64_t i = 0; i < kQ8_0BlockValues; ++i) amax = std::max(amax, std::fabs(xb[i]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t dh = f32_to_f16(d);
-    std::memcpy(ob, &dh, 2);
-    for (int64_t i = 0; i < kQ8_0BlockValues; ++i) {
-      const float v = std::round(xb[i] * id);  // half away from zero, as roundf
-      ob[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(v));
-    }
-  }
-}
-
-void dequantize_q8_0(const uint8_t* in, int64_t n, float* out) {
-  LMTUNE_ASSERT(n % kQ8_0BlockValues == 0, "Q8_0 needs a multiple of 32 values, got ", n);
-  for (int64_t b = 0; b < n / kQ8_0BlockValues; ++b) {
-    const uint8_t* ib = in + b * kQ8_0BlockBytes;
-    uint16_t dh;
-    std::memcpy(&dh, ib, 2);
-    const float d = f16_to_f32(dh);
-    for (int64_t i = 0; i < kQ8_0BlockValues; ++i) {
-      out[b * kQ8_0BlockValues + i] = d * static_cast<float>(static_cast<int8_t>(ib[2 + i]));
-    }
-  }
-}
-
 uint64_t ggml_nbytes(GgmlType t, int64_t n) {
   LMTUNE_ASSERT(n >= 0);
   const auto un = static_cast<uint64_t>(n);
@@ -180,8 +154,9 @@ uint64_t ggml_nbytes(GgmlType t, int64_t n) {
     case GgmlType::f16:
     case GgmlType::bf16: return un * 2;
     case GgmlType::q8_0:
-      LMTUNE_ASSERT(n % kQ8_0BlockValues == 0, "Q8_0 needs a multiple of 32 values, got ", n);
-      return un / kQ8_0BlockValues * kQ8_0BlockBytes;
+    case GgmlType::q4_0:
+      LMTUNE_ASSERT(n % cpu::kGgmlBlockValues == 0, ggml_type_name(t), " needs a multiple of 32 values, got ", n);
+      return un / cpu::kGgmlBlockValues * (t == GgmlType::q8_0 ? cpu::kQ8_0BlockBytes : cpu::kQ4_0BlockBytes);
   }
   LMTUNE_ASSERT(false, "unknown ggml type ", static_cast<uint32_t>(t));
   return 0;
@@ -333,7 +308,10 @@ void encode(const std::vector<float>& x, GgmlType type, std::string& out) {
       }
       break;
     case GgmlType::q8_0:
-      quantize_q8_0(x.data(), n, o);
+      cpu::quantize_q8_0(x.data(), n, o);
+      break;
+    case GgmlType::q4_0:
+      cpu::quantize_q4_0(x.data(), n, o);
       break;
   }
 }
@@ -343,18 +321,25 @@ uint32_t file_type_of(GgufType t) {
     case GgufType::f32: return 0;   // ALL_F32
     case GgufType::f16: return 1;   // MOSTLY_F16
     case GgufType::q8_0: return 7;  // MOSTLY_Q8_0
+    case GgufType::q4_0: return 2;  // MOSTLY_Q4_0
     case GgufType::bf16: return 32; // MOSTLY_BF16
   }
   return 0;
 }
 
-GgmlType weight_type(GgufType requested, const std::vector<int64_t>& hf_shape) {
+// Which matrices Q4_0 quantizes to 4 bits: a block's projections, not the embedding / head.
+enum class WeightRole { projection, other };
+
+GgmlType weight_type(GgufType requested, const std::vector<int64_t>& hf_shape, WeightRole role) {
   if (hf_shape.size() <= 1) return GgmlType::f32;
+  const bool blocks_fit = hf_shape.back() % cpu::kGgmlBlockValues == 0;
   switch (requested) {
     case GgufType::f32: return GgmlType::f32;
     case GgufType::f16: return GgmlType::f16;
     case GgufType::bf16: return GgmlType::bf16;
-    case GgufType::q8_0: return hf_shape.back() % kQ8_0BlockValues == 0 ? GgmlType::q8_0 : GgmlType::f16;
+    case GgufType::q8_0: return blocks_fit ? GgmlType::q8_0 : GgmlType::f16;
+    case GgufType::q4_0:
+      return !blocks_fit ? GgmlType::f16 : role == WeightRole::projection ? GgmlType::q4_0 : GgmlType::q8_0;
   }
   return GgmlType::f32;
 }
@@ -398,7 +383,8 @@ void export_gguf(const fs::path& hf_dir, const fs::path& out_file, GgufType type
     p.hf_shape = std::move(shape);
     p.permute = perm;
     p.permute_heads = heads;
-    p.type = weight_type(type, p.hf_shape);
+    // every matrix of a block is one of its projections (norms and biases are vectors)
+    p.type = weight_type(type, p.hf_shape, p.gguf_name.starts_with("blk.") ? WeightRole::projection : WeightRole::other);
     p.nbytes = ggml_nbytes(p.type, p.numel());
     plan.push_back(std::move(p));
     used.insert(hf_name);
@@ -754,7 +740,10 @@ std::vector<float> GgufFile::tensor_f32(std::string_view name) const {
       }
       break;
     case GgmlType::q8_0:
-      dequantize_q8_0(p, n, out.data());
+      cpu::dequantize_q8_0(p, n, out.data());
+      break;
+    case GgmlType::q4_0:
+      cpu::dequantize_q4_0(p, n, out.data());
       break;
   }
   return out;
@@ -830,12 +819,13 @@ GgufFile read_gguf(const fs::path& path) {
       t.dims.push_back(static_cast<int64_t>(ne));
     }
     const auto raw_type = c.get<uint32_t>(t.name);
-    LMTUNE_CHECK(raw_type == 0 || raw_type == 1 || raw_type == 8 || raw_type == 30, src, ": tensor '", t.name,
-                 "' has ggml type ", raw_type, ", which this reader does not handle (F32, F16, Q8_0, BF16)");
+    LMTUNE_CHECK(raw_type == 0 || raw_type == 1 || raw_type == 2 || raw_type == 8 || raw_type == 30, src,
+                 ": tensor '", t.name, "' has ggml type ", raw_type,
+                 ", which this reader does not handle (F32, F16, Q4_0, Q8_0, BF16)");
     t.type = static_cast<GgmlType>(raw_type);
-    if (t.type == GgmlType::q8_0) {
-      LMTUNE_CHECK(t.dims[0] % kQ8_0BlockValues == 0, src, ": Q8_0 tensor '", t.name, "' has ne[0] = ", t.dims[0],
-                   ", not a multiple of 32");
+    if (t.type == GgmlType::q8_0 || t.type == GgmlType::q4_0) {
+      LMTUNE_CHECK(t.dims[0] % cpu::kGgmlBlockValues == 0, src, ": ", ggml_type_name(t.type), " tensor '", t.name,
+                   "' has ne[0] = ", t.dims[0], ", not a multiple of 32");
     }
     t.offset = c.get<uint64_t>(t.name);
     LMTUNE_CHECK(t.offset % g.alignment == 0, src, ": tensor '", t.name, "' offset ", t.offset,

@@ -27,8 +27,12 @@ enum class GgufType {
   f16,   // 1 (MOSTLY_F16)
   bf16,  // 32 (MOSTLY_BF16)
   q8_0,  // 7 (MOSTLY_Q8_0); a matrix whose rows are not a multiple of 32 falls back to F16
+  // 2 (MOSTLY_Q4_0): the blocks' seven projection matrices Q4_0, token_embd and output
+  // Q8_0 (each falling back to F16 where its rows are not a multiple of 32) — the arithmetic
+  // QAT (method.qat) trains for.
+  q4_0,
 };
-// "f32", "f16", "bf16", "q8_0" (also upper case); anything else is an Error listing them.
+// "f32", "f16", "bf16", "q8_0", "q4_0" (also upper case); anything else is an Error listing them.
 GgufType parse_gguf_type(std::string_view name);
 std::string_view gguf_type_name(GgufType t);
 
@@ -42,18 +46,13 @@ void export_gguf(const std::filesystem::path& hf_dir, const std::filesystem::pat
 // ---- ggml tensor types ------------------------------------------------------------------
 
 // The ggml element types this code writes and reads (ggml's enum values).
-enum class GgmlType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30 };
+enum class GgmlType : uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, bf16 = 30 };
 std::string_view ggml_type_name(GgmlType t);
 
-// Q8_0: blocks of 32 values, each an f16 scale d = absmax / 127 followed by 32 int8
-// q = round(x / d) (half away from zero) — bit-exact with ggml's quantize_row_q8_0_ref.
-inline constexpr int64_t kQ8_0BlockValues = 32;
-inline constexpr size_t kQ8_0BlockBytes = 2 + 32;
-// n must be a multiple of 32; out holds n / 32 * 34 bytes.
-void quantize_q8_0(const float* x, int64_t n, uint8_t* out);
-void dequantize_q8_0(const uint8_t* in, int64_t n, float* out);
+// The Q8_0 and Q4_0 block codecs (bit-exact with ggml's reference quantizers) are in
+// kernels/cpu/quant.h, shared with QAT's fake quantization.
 
-// Bytes of n elements of type t (q8_0: n must be a multiple of 32).
+// Bytes of n elements of type t (q8_0, q4_0: n must be a multiple of 32).
 uint64_t ggml_nbytes(GgmlType t, int64_t n);
 
 // ---- reader -----------------------------------------------------------------------------

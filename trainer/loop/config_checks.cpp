@@ -32,7 +32,7 @@ void check_config_against_model(const TrainConfig& c, const LlamaConfig& m, cons
   LMTUNE_CHECK(c.data.seq_len <= m.max_position_embeddings, "data.seq_len = ", c.data.seq_len,
                " is longer than the model's context: max_position_embeddings is ", m.max_position_embeddings, " in '",
                config_json.string(), "'; set data.seq_len to at most ", m.max_position_embeddings);
-  if (c.method.type != MethodType::lora) return;
+  if (!uses_lora(c.method.type)) return;
   const int64_t rank = c.method.lora.rank;
   for (LoraTarget t : c.method.lora.target_modules) {
     const LayerShape s = target_shape(t, m);
@@ -55,8 +55,8 @@ std::string train_oom_advice(const TrainConfig& c) {
   if (c.method.type == MethodType::full)
     add("LoRA instead of full fine-tuning (method.type: lora), whose frozen base can also be stored in bf16 "
         "(model.dtype: bf16)");
-  else if (c.model.dtype == DType::f32)
-    add("model.dtype: bf16 for the frozen base weights");
+  else if (c.method.type == MethodType::lora && c.model.dtype == DType::f32)
+    add("model.dtype: bf16 for the frozen base weights, or method.type: qlora to store them as NF4");
   return a;
 }
 

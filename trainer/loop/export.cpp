@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <list>
 
 #include <nlohmann/json.hpp>
 
@@ -16,10 +17,32 @@
 #include "trainer/loop/train_config.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/model/llama.h"
+#include "trainer/peft/nf4.h"
 
 namespace lmtune {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// The projection matrices (the base group) rounded to `dtype`'s values, kept in f32.
+void round_base_to(LlamaModel& model, DType dtype) {
+  const ModelLayout& layout = model.layout();
+  std::vector<ParamRef> params = model.parameters();
+  size_t i = 0;
+  std::vector<uint16_t> tmp;
+  for (const UnitLayout& u : layout.units) {
+    for (const ParamRow& row : u.rows) {
+      Tensor& w = params[i++].value;
+      if (u.groups[static_cast<size_t>(row.group)].kind != ParamGroupKind::base) continue;
+      tmp.resize(static_cast<size_t>(w.numel()));
+      convert_elements(w.raw(), DType::f32, tmp.data(), dtype, w.numel());
+      convert_elements(tmp.data(), dtype, w.raw(), DType::f32, w.numel());
+    }
+  }
+}
+
+}  // namespace
 
 ExportFormat parse_export_format(const std::string& s) {
   if (s == "hf") return ExportFormat::hf;
@@ -40,21 +63,28 @@ fs::path resolve_checkpoint(const fs::path& source) {
   return *latest;
 }
 
-// The model of the checkpoint: base weights from the config's model.path (always f32 here,
-// so the merge is exact), trainable weights from the checkpoint.
+// The model of the checkpoint: base weights from the config's model.path, in f32 so the
+// merge is exact — for a QLoRA run the values its NF4 storage stands for (what it trained
+// on), for a QAT run over a bf16/f16 base the values that dtype rounds to (what its merged
+// weight was computed from) — and the trained weights from the checkpoint.
 std::unique_ptr<LlamaModel> load_trained(const fs::path& ckpt, Allocator& alloc, TrainConfig& cfg) {
   const fs::path cfg_file = ckpt / "config.yaml";
   LMTUNE_CHECK(fs::is_regular_file(cfg_file), "checkpoint '", ckpt.string(), "' has no config.yaml");
   cfg = load_train_config(cfg_file, {});
+  const DType trained_dtype = cfg.model.dtype;
   cfg.model.dtype = DType::f32;
   cfg.method.lora.init_from.reset();
-  auto model = build_model(cfg, alloc);
+  ModelOptions opts = model_options(cfg);
+  if (opts.base_quant == BaseQuant::nf4) opts.base_quant = BaseQuant::nf4_values;
+  auto model = LlamaModel::load(cfg.model.path, alloc, opts);
+  if (cfg.method.qat.scheme != QatScheme::none && trained_dtype != DType::f32 && !alloc.device().is_meta())
+    round_base_to(*model, trained_dtype);
   // what trained: the adapters under LoRA, every parameter under full fine-tuning
   // (any layout's checkpoint: tensors are read by their logical names)
   const CheckpointReader r = CheckpointReader::open(ckpt);
   size_t loaded = 0, in_checkpoint = 0;
   for (ParamRef& p : model->parameters()) {
-    if (cfg.method.type == MethodType::lora && !is_adapter_name(p.name)) continue;
+    if (uses_lora(cfg.method.type) && !is_adapter_name(p.name)) continue;
     r.read_full(p.name, p.value);
     ++loaded;
   }
@@ -64,9 +94,20 @@ std::unique_ptr<LlamaModel> load_trained(const fs::path& ckpt, Allocator& alloc,
   return model;
 }
 
-DType parse_float_dtype(const std::string& s) {
-  LMTUNE_CHECK(s == "f32" || s == "f16" || s == "bf16", "--dtype '", s, "' is not valid for this format (expected f32, f16 or bf16)");
-  return dtype_from_name(s);
+// What an hf / peft export writes: every tensor in `floats`, or (hf only, `nf4`) the blocks'
+// projection matrices in bitsandbytes' NF4 layout and the rest in f32.
+struct ExportDtype {
+  DType floats = DType::f32;
+  bool nf4 = false;
+  std::string name() const { return nf4 ? "nf4" : std::string(dtype_name(floats)); }
+};
+
+ExportDtype parse_export_dtype(const std::string& s, ExportFormat format) {
+  if (s == "nf4" && format == ExportFormat::hf) return {DType::f32, true};
+  LMTUNE_CHECK(s == "f32" || s == "f16" || s == "bf16", "--dtype '", s,
+               "' is not valid for this format (expected f32, f16 or bf16",
+               format == ExportFormat::hf ? ", or nf4 for bitsandbytes' 4-bit layout)" : ")");
+  return {dtype_from_name(s), false};
 }
 
 std::string torch_dtype_name(DType t) {
@@ -103,19 +144,44 @@ const std::vector<std::string>& peft_file_names() {
 
 // The merged model's HF files, written into the existing directory `dir`. On a meta
 // allocator everything up to the file writes runs (the memory prediction), and `dir` is unused.
-void write_hf(const fs::path& ckpt, const fs::path& dir, DType dtype, Allocator& alloc) {
+void write_hf(const fs::path& ckpt, const fs::path& dir, const ExportDtype& dtype, Allocator& alloc) {
   TrainConfig cfg;
   auto model = load_trained(ckpt, alloc, cfg);
   model->merge_adapters();
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const ParamRef& p : model->parameters())
-    if (!is_adapter_name(p.name)) tensors.emplace_back(p.name, p.value);
-  const auto staged = as_dtype(tensors, dtype, alloc);
+  std::vector<std::pair<std::string, Tensor>> tensors, projections;
+  {
+    const std::vector<ParamRef> params = model->parameters();
+    size_t i = 0;
+    for (const UnitLayout& u : model->layout().units) {
+      for (const ParamRow& row : u.rows) {
+        const ParamRef& p = params[i++];
+        if (is_adapter_name(p.name)) continue;
+        const bool projection = u.groups[static_cast<size_t>(row.group)].kind == ParamGroupKind::base;
+        (dtype.nf4 && projection ? projections : tensors).emplace_back(p.name, p.value);
+      }
+    }
+  }
+  const auto staged = as_dtype(tensors, dtype.floats, alloc);
+  std::vector<ops::Nf4Weight> nf4;  // the projections quantized (workspace)
+  for (const auto& [name, w] : projections) {
+    ops::Nf4Weight q = nf4_workspace(alloc, w.shape());
+    ops::nf4_quantize(q, w);
+    nf4.push_back(std::move(q));
+  }
   if (alloc.device().is_meta()) return;
   LlamaConfig lc = model->config();
-  lc.torch_dtype = torch_dtype_name(dtype);
+  lc.torch_dtype = torch_dtype_name(dtype.floats);
   save_llama_config(dir / "config.json", lc);
-  write_safetensors(dir / "model.safetensors", staged);
+  if (dtype.nf4) {
+    auto j = nlohmann::ordered_json::parse(read_file_to_string(dir / "config.json", "config.json"));
+    j["quantization_config"] = nlohmann::ordered_json::parse(bnb_quantization_config_json());
+    write_file_atomic(dir / "config.json", j.dump(2) + "\n");
+  }
+  SafeTensorsWriter w;
+  for (const auto& [name, t] : staged) w.add(name, t);
+  std::list<std::string> keep;
+  for (size_t i = 0; i < nf4.size(); ++i) nf4_add_bnb_tensors(w, projections[i].first, nf4[i], "float32", keep);
+  w.write(dir / "model.safetensors");
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
     std::error_code ec;
     if (fs::exists(cfg.model.path / f)) fs::copy_file(cfg.model.path / f, dir / f, ec);
@@ -123,10 +189,10 @@ void write_hf(const fs::path& ckpt, const fs::path& dir, DType dtype, Allocator&
   }
 }
 
-void write_peft(const fs::path& ckpt, const fs::path& dir, DType dtype, Allocator& alloc) {
+void write_peft(const fs::path& ckpt, const fs::path& dir, const ExportDtype& dtype, Allocator& alloc) {
   TrainConfig cfg;
   auto model = load_trained(ckpt, alloc, cfg);
-  LMTUNE_CHECK(cfg.method.type == MethodType::lora, "a PEFT adapter needs a LoRA run; '", ckpt.string(),
+  LMTUNE_CHECK(uses_lora(cfg.method.type), "a PEFT adapter needs a LoRA run; '", ckpt.string(),
                "' is full fine-tuning (export it with --format hf)");
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const ParamRef& p : model->parameters())
@@ -150,7 +216,7 @@ void write_peft(const fs::path& ckpt, const fs::path& dir, DType dtype, Allocato
                                  {"init_lora_weights", true},
                                  {"modules_to_save", nullptr},
                                  {"base_model_name_or_path", cfg.model.path.string()}};
-  const auto staged = as_dtype(tensors, dtype, alloc);
+  const auto staged = as_dtype(tensors, dtype.floats, alloc);
   if (alloc.device().is_meta()) return;
   write_file_atomic(dir / "adapter_config.json", config.dump(2) + "\n");
   write_safetensors(dir / "adapter_model.safetensors", staged);
@@ -227,7 +293,8 @@ void check_export_file(const fs::path& out, Overwrite overwrite) {
 
 // Writes an hf / peft export atomically: staged, then moved onto `out` (replacing only an
 // earlier export's files), with the marker that says what it is.
-void export_dir(const fs::path& ckpt, const fs::path& out, ExportFormat format, DType dtype, Allocator& alloc) {
+void export_dir(const fs::path& ckpt, const fs::path& out, ExportFormat format, const ExportDtype& dtype,
+                Allocator& alloc) {
   const auto& names = format == ExportFormat::hf ? hf_file_names() : peft_file_names();
   AtomicDirectory dir(out, names, "--out");
   if (format == ExportFormat::hf) write_hf(ckpt, dir.staging(), dtype, alloc);
@@ -236,7 +303,7 @@ void export_dir(const fs::path& ckpt, const fs::path& out, ExportFormat format, 
   for (const std::string& n : names)
     if (n != kExportMarker && fs::exists(dir.staging() / n)) files.push_back(n);
   const nlohmann::json marker = {{"format", format_name(format)},
-                                 {"dtype", std::string(dtype_name(dtype))},
+                                 {"dtype", dtype.name()},
                                  {"checkpoint", ckpt.string()},
                                  {"files", files}};
   write_file_atomic(dir.staging() / kExportMarker, marker.dump(2) + "\n");
@@ -262,7 +329,7 @@ void export_gguf_file(const fs::path& ckpt, const fs::path& out, GgufType type, 
   };
   try {
     fs::create_directory(hf);
-    write_hf(ckpt, hf, DType::f32, alloc);
+    write_hf(ckpt, hf, ExportDtype{}, alloc);
     export_gguf(hf, out, type);
   } catch (...) {
     cleanup();
@@ -285,7 +352,7 @@ void export_run(const fs::path& source, ExportFormat format, const fs::path& out
                alloc.device().str());
   const fs::path ckpt = resolve_checkpoint(source);
   if (alloc.device().is_meta()) {  // the prediction: the same steps up to the writes (GGUF converts file to file)
-    const DType t = format == ExportFormat::gguf ? DType::f32 : parse_float_dtype(dtype);
+    const ExportDtype t = format == ExportFormat::gguf ? ExportDtype{} : parse_export_dtype(dtype, format);
     if (format == ExportFormat::gguf) parse_gguf_type(dtype);
     if (format == ExportFormat::peft) write_peft(ckpt, {}, t, alloc);
     else write_hf(ckpt, {}, t, alloc);
@@ -295,7 +362,7 @@ void export_run(const fs::path& source, ExportFormat format, const fs::path& out
   switch (format) {
     case ExportFormat::hf:
     case ExportFormat::peft: {
-      const DType t = parse_float_dtype(dtype);
+      const ExportDtype t = parse_export_dtype(dtype, format);
       check_export_dir(out, format, overwrite);
       export_dir(ckpt, out, format, t, alloc);
       return;

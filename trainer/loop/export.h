@@ -1,9 +1,12 @@
 // Export of a training run (`lmtune export`):
 //   hf    merged weights (LoRA folded into the base: W += scaling * B A) as an HF model
 //         directory that loads like the input did (config.json, model.safetensors, the
-//         tokenizer files copied from the base model)
+//         tokenizer files copied from the base model); --dtype nf4 writes the blocks'
+//         projections in bitsandbytes' 4-bit layout. A QLoRA run merges into the values
+//         its NF4 base stands for; a QAT run over a bf16/f16 base into that dtype's values.
 //   peft  adapter_config.json + adapter_model.safetensors with PEFT's key names
-//   gguf  GGUF v3 of the merged model (via a merged HF directory), F32 / F16 / Q8_0
+//   gguf  GGUF v3 of the merged model (via a merged HF directory), F32 / F16 / BF16 / Q8_0 /
+//         Q4_0
 //
 // What an export may do to its --out (it never removes anything it did not write):
 //  - hf / peft write a directory, staged under a temporary sibling name and moved into place
@@ -31,7 +34,8 @@ enum class ExportFormat { hf, peft, gguf };
 ExportFormat parse_export_format(const std::string& s);
 
 // `source` is a run directory (its latest checkpoint is used) or a checkpoint directory.
-// dtype: "f32" | "f16" | "bf16" for hf/peft; "f32" | "f16" | "q8_0" for gguf.
+// dtype: "f32" | "f16" | "bf16" for hf/peft, "nf4" for hf; "f32" | "f16" | "bf16" | "q8_0" |
+// "q4_0" for gguf.
 // The model (and any dtype-converted copies of its tensors) are held on `alloc`. On a meta
 // allocator the same steps run up to the file writes, which are skipped.
 void export_run(const std::filesystem::path& source, ExportFormat format, const std::filesystem::path& out,

@@ -96,7 +96,7 @@ void check_resume_config(const TrainConfig& c, const fs::path& checkpoint) {
   std::string changed;
   int n_changed = 0;
   for (const std::string& key : resume_fixed_keys()) {
-    if (key.rfind("method.lora.", 0) == 0 && c.method.type != MethodType::lora) continue;
+    if (key.rfind("method.lora.", 0) == 0 && !uses_lora(c.method.type)) continue;
     if (key == "data.prompt_template" && c.data.format != DataFormat::alpaca) continue;
     if (key == "data.chat_template" && c.data.format != DataFormat::chat) continue;
     const auto a = lookup(saved, key);

@@ -41,8 +41,9 @@ const std::vector<SectionSchema>& schema() {
   static const std::vector<SectionSchema> kSchema = {
       {"", {"model", "method", "data", "train", "parallel", "output"}},
       {"model", {"path", "dtype"}},
-      {"method", {"type", "lora"}},
+      {"method", {"type", "lora", "qat"}},
       {"method.lora", {"rank", "alpha", "dropout", "rslora", "target_modules", "init_from"}},
+      {"method.qat", {"scheme"}},
       {"data",
        {"format", "train_files", "validation_files", "validation_split", "seq_len", "packing", "add_bos",
         "add_eos", "prompt_template", "chat_template", "parse_special_tokens", "shuffle", "seed"}},
@@ -101,7 +102,9 @@ struct EnumEntry {
   E value;
 };
 
-constexpr EnumEntry<MethodType> kMethodTypes[] = {{"lora", MethodType::lora}, {"full", MethodType::full}};
+constexpr EnumEntry<MethodType> kMethodTypes[] = {
+    {"lora", MethodType::lora}, {"full", MethodType::full}, {"qlora", MethodType::qlora}};
+constexpr EnumEntry<QatScheme> kQatSchemes[] = {{"none", QatScheme::none}, {"q4_0", QatScheme::q4_0}};
 constexpr EnumEntry<LoraTarget> kLoraTargets[] = {
     {"q", LoraTarget::q},         {"k", LoraTarget::k},        {"v", LoraTarget::v},
     {"o", LoraTarget::o},         {"gate", LoraTarget::gate},  {"up", LoraTarget::up},
@@ -636,6 +639,32 @@ void read_method(Context& ctx, const YAML::Node& node, MethodSection& m) {
     if (read_existing_path(l, "init_from", p, PathKind::file, "a safetensors file with LoRA adapter weights"))
       lora.init_from = p;
   }
+  Section q(ctx, s.get("qat"), "method.qat");
+  read_enum(q, "scheme", m.qat.scheme, kQatSchemes);
+}
+
+// What the method's keys mean together (and with model.dtype).
+void check_method(Context& ctx, const YAML::Node& top, const TrainConfig& c) {
+  const YAML::Node method = top.IsMap() ? top["method"] : YAML::Node();
+  const auto node = [&](const char* section, const char* key) {
+    const YAML::Node s = method.IsDefined() && method.IsMap() ? method[section] : YAML::Node();
+    return s.IsDefined() && s.IsMap() ? s[key] : YAML::Node();
+  };
+  if (c.method.type == MethodType::qlora && c.model.dtype != DType::f32) {
+    const YAML::Node model = top.IsMap() ? top["model"] : YAML::Node();
+    ctx.fail("model.dtype", model.IsDefined() && model.IsMap() ? model["dtype"] : YAML::Node(),
+             "method.type qlora stores the projection matrices as NF4 and the rest of the model in f32; "
+             "model.dtype " + std::string(dtype_name(c.model.dtype)) + " has nothing to apply to (leave it at f32)");
+  }
+  if (c.method.qat.scheme == QatScheme::none) return;
+  if (c.method.type == MethodType::qlora)
+    ctx.fail("method.qat.scheme", node("qat", "scheme"),
+             "QAT trains a float base for Q4_0 arithmetic; method.type qlora stores the base as NF4. Use "
+             "method.type lora (or full) with method.qat");
+  if (uses_lora(c.method.type) && c.method.lora.dropout > 0.0)
+    ctx.fail("method.lora.dropout", node("lora", "dropout"),
+             "QAT quantizes the weight the export writes, W + scaling B A, which a dropout on the adapter's input "
+             "does not have; set method.lora.dropout to 0 with method.qat");
 }
 
 // Unknown {name} placeholders in the alpaca template, and the required {instruction}.
@@ -975,6 +1004,8 @@ class YamlWriter {
 // ---------------------------------------------------------------------------------------
 
 std::string_view to_string(MethodType v) { return enum_name(kMethodTypes, v); }
+std::string_view to_string(QatScheme v) { return enum_name(kQatSchemes, v); }
+bool uses_lora(MethodType t) { return t == MethodType::lora || t == MethodType::qlora; }
 std::string_view to_string(LoraTarget v) { return enum_name(kLoraTargets, v); }
 std::string_view to_string(DataFormat v) { return enum_name(kDataFormats, v); }
 std::string_view to_string(ChatTemplate v) { return enum_name(kChatTemplates, v); }
@@ -1023,6 +1054,7 @@ TrainConfig parse_train_config(std::string_view yaml_text, std::string_view sour
   read_train(ctx, top.get("train"), c.train);
   read_parallel(ctx, top.get("parallel"), c.parallel);
   read_output(ctx, top.get("output"), c.output);
+  check_method(ctx, r, c);
   ctx.throw_if_failed();
   return c;
 }
@@ -1058,6 +1090,8 @@ std::string to_yaml(const TrainConfig& c) {
     w.raw(4, "target_modules", "[" + join(names, ", ") + "]");
   }
   w.raw(4, "init_from", opt_path(l.init_from));
+  w.section(2, "qat");
+  w.raw(4, "scheme", std::string(to_string(c.method.qat.scheme)));
 
   const DataSection& d = c.data;
   w.section(0, "data");

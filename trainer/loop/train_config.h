@@ -35,10 +35,14 @@
 
 #include "trainer/core/dtype.h"
 #include "trainer/data/dataset.h"  // DataFormat (text | alpaca | chat), shared with the data pipeline
+#include "trainer/peft/quant_options.h"  // QatScheme
 
 namespace lmtune {
 
-enum class MethodType { lora, full };
+// qlora: LoRA (method.lora) over a base whose projection matrices are stored as NF4.
+enum class MethodType { lora, full, qlora };
+// The methods that train LoRA adapters (method.lora): lora and qlora.
+bool uses_lora(MethodType t);
 // The linear layers of a LLaMA block LoRA can adapt (PEFT's q_proj ... down_proj).
 enum class LoraTarget { q, k, v, o, gate, up, down };
 enum class ChatTemplate { auto_detect, llama3, qwen3, chatml, llama2, plain };  // YAML: auto | llama3 | ...
@@ -49,6 +53,7 @@ enum class ValidationSplitKind { none, every_nth, fraction };
 enum class ResumeMode { none, latest, checkpoint };  // YAML: null | "auto" | a checkpoint dir
 
 std::string_view to_string(MethodType v);
+std::string_view to_string(QatScheme v);
 std::string_view to_string(LoraTarget v);
 std::string_view to_string(DataFormat v);
 std::string_view to_string(ChatTemplate v);
@@ -74,9 +79,16 @@ struct LoraSection {
   bool operator==(const LoraSection&) const = default;
 };
 
+// Quantization-aware training, with method.type lora or full (trainer/peft/qat.h).
+struct QatSection {
+  QatScheme scheme = QatScheme::none;  // YAML: none | q4_0
+  bool operator==(const QatSection&) const = default;
+};
+
 struct MethodSection {
   MethodType type = MethodType::lora;
-  LoraSection lora;  // read (and validated) whatever the type; used only for lora
+  LoraSection lora;  // read (and validated) whatever the type; used by lora and qlora
+  QatSection qat;
   bool operator==(const MethodSection&) const = default;
 };
 

@@ -17,7 +17,9 @@ ModelOptions model_options(const TrainConfig& c) {
   o.role = c.method.type == MethodType::full ? ParamRole::trainable : ParamRole::frozen;
   o.weight_dtype = c.model.dtype;
   o.seed = c.train.seed;
-  if (c.method.type == MethodType::lora) {
+  if (c.method.type == MethodType::qlora) o.base_quant = BaseQuant::nf4;
+  o.qat = c.method.qat.scheme;
+  if (uses_lora(c.method.type)) {
     const LoraSection& l = c.method.lora;
     LoraOptions lo;
     lo.rank = l.rank;
@@ -74,7 +76,7 @@ ModelSource::ModelSource(const TrainConfig& c) : opts_(model_options(c)) {
   LMTUNE_CHECK(fs::is_directory(c.model.path), "model directory '", c.model.path.string(), "' does not exist");
   cfg_ = load_llama_config(c.model.path / "config.json");
   base_ = std::make_unique<SafeTensorsReader>(SafeTensorsReader::open(c.model.path));
-  if (c.method.type == MethodType::lora && c.method.lora.init_from) {
+  if (uses_lora(c.method.type) && c.method.lora.init_from) {
     adapter_file_ = *c.method.lora.init_from;
     adapters_ = std::make_unique<SafeTensorsReader>(SafeTensorsReader::open(adapter_file_));
   }
@@ -83,7 +85,6 @@ ModelSource::ModelSource(const TrainConfig& c) : opts_(model_options(c)) {
 ModelSource::~ModelSource() = default;
 
 void ModelSource::check(const LlamaModel& model) const {
-  model.check_weight_names(*base_);
   if (!adapters_) return;
   int64_t adapters = 0;
   for (const UnitLayout& u : model.layout().units)
@@ -95,8 +96,12 @@ void ModelSource::check(const LlamaModel& model) const {
   LMTUNE_CHECK(adapters > 0, "'", adapter_file_.string(), "': the model has no LoRA adapters to load into");
 }
 
+void ModelSource::finish(const LlamaModel& model) const {
+  model.check_unused_weights(*base_, used_);
+}
+
 void ModelSource::fill(LlamaModel& model, int unit) const {
-  model.load_unit_weights(*base_, unit);
+  for (std::string& name : model.load_unit_weights(*base_, unit)) used_.insert(std::move(name));
   model.init_adapters(unit);
   if (!adapters_) return;
   const UnitLayout& layout = model.layout().units[unit];
@@ -111,6 +116,7 @@ std::unique_ptr<LlamaModel> build_dense_model(const ModelSource& source, Allocat
   auto model = std::make_unique<LlamaModel>(source.model_config(), alloc, source.options());
   source.check(*model);
   for (int u = 0; u < model->layout().num_units(); ++u) source.fill(*model, u);
+  source.finish(*model);
   return model;
 }
 

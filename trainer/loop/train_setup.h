@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "trainer/data/dataset.h"
@@ -34,16 +35,19 @@ class ModelSource {
   ~ModelSource();
   const LlamaConfig& model_config() const { return cfg_; }
   const ModelOptions& options() const { return opts_; }
-  // Every tensor the model needs is there, and none it would not use.
+  // Before filling: the adapter file has every adapter the model has.
   void check(const LlamaModel& model) const;
   // Fills `unit` of `model` (bound): base rows from model.path, its adapters.
   void fill(LlamaModel& model, int unit) const;
+  // After every unit was filled: model.path holds no tensor the model did not use.
+  void finish(const LlamaModel& model) const;
 
  private:
   LlamaConfig cfg_;
   ModelOptions opts_;
   std::unique_ptr<SafeTensorsReader> base_, adapters_;
   std::filesystem::path adapter_file_;
+  mutable std::set<std::string> used_;  // model.path's tensors fill() has read
 };
 
 // The model, dense (allocated and bound by itself), every unit filled from `source`.

@@ -1,10 +1,11 @@
 // Linear layers — design note.
 //
 // A transformer block asks a LinearFactory for each of its projections and holds them as
-// `Linear` objects; it never names the kind of layer it got (dense, LoRA around a dense
-// base; later column-/row-parallel, NF4, fake-quantized). The factory is the one place that
-// decides, from the model options, both which parameter rows a projection has (declare(),
-// read by the pure layout table) and which object computes it (make()).
+// `Linear` objects; it never names the kind of layer it got (dense, NF4 (QLoRA's base),
+// LoRA around either, fake-quantized for QAT; later column-/row-parallel). The factory is
+// the one place that decides, from the model options, both which parameter rows a
+// projection has (declare(), read by the pure layout table) and which object computes it
+// (make()).
 //
 // Layers own no storage: bind() hands them views of their rows (and of the rows' gradients,
 // undefined while frozen) that the owner of the storage made from the layout. The same

@@ -7,6 +7,8 @@
 #include "trainer/io/safetensors.h"
 #include "trainer/model/rope.h"
 #include "trainer/peft/lora.h"
+#include "trainer/peft/nf4.h"
+#include "trainer/peft/qat.h"
 
 namespace lmtune {
 
@@ -235,6 +237,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, Allocator& alloc, ModelOptions op
       layout_(model_param_layout(cfg_, opts_)),
       factory_(opts_),
       storage_(storage) {
+  if (opts_.qat != QatScheme::none) check_qat_dims(cfg_.hidden_size, cfg_.q_dim(), cfg_.intermediate_size);
   const int U = layout_.num_units();
   {
     const std::vector<double> f64 = lmtune::rope_inv_freq(cfg_);
@@ -279,25 +282,31 @@ bool is_adapter_name(std::string_view name) {
 }
 
 void LlamaModel::load_weights(const SafeTensorsReader& reader) {
-  check_weight_names(reader);
-  for (int u = 0; u < layout_.num_units(); ++u) load_unit_weights(reader, u);
+  std::set<std::string> used;
+  for (int u = 0; u < layout_.num_units(); ++u)
+    for (std::string& name : load_unit_weights(reader, u)) used.insert(std::move(name));
+  check_unused_weights(reader, used);
 }
 
-void LlamaModel::load_unit_weights(const SafeTensorsReader& reader, int unit) {
+std::vector<std::string> LlamaModel::load_unit_weights(const SafeTensorsReader& reader, int unit) {
   const UnitLayout& layout = layout_.units[unit];
+  std::vector<std::string> used;
   for (size_t i = 0; i < layout.rows.size(); ++i) {
-    if (is_adapter_name(layout.rows[i].name)) continue;
+    const std::string& name = layout.rows[i].name;
+    if (is_adapter_name(name)) continue;
     LMTUNE_ASSERT(params_[unit][i].defined(), "unit '", layout.name, "' is not bound");
-    reader.load_into(layout.rows[i].name, params_[unit][i]);
+    // NF4 storage (QLoRA), a bitsandbytes checkpoint, or NF4 values (trainer/peft/nf4.h)
+    if (const auto names = nf4_load_row(reader, layout, static_cast<int>(i), params_[unit], opts_.base_quant)) {
+      used.insert(used.end(), names->begin(), names->end());
+      continue;
+    }
+    reader.load_into(name, params_[unit][i]);
+    used.push_back(name);
   }
+  return used;
 }
 
-void LlamaModel::check_weight_names(const SafeTensorsReader& reader) const {
-  std::set<std::string> wanted;
-  for (const UnitLayout& u : layout_.units)
-    for (const ParamRow& r : u.rows)
-      if (!is_adapter_name(r.name)) wanted.insert(r.name);
-  for (const std::string& name : wanted) reader.get(name);  // each must be there (the error names it)
+void LlamaModel::check_unused_weights(const SafeTensorsReader& reader, const std::set<std::string>& wanted) const {
   // Strict, as torch's load_state_dict: a tensor this model would not use means the
   // checkpoint is of another architecture (biases or norms its config.json does not declare).
   for (const std::string& name : reader.names()) {
@@ -394,7 +403,19 @@ Tensor& LlamaModel::lm_head_grad() {
 Tensor LlamaModel::embed_forward(const Tensor& tokens) {
   Tensor x = act(alloc_, {tokens.numel(), cfg_.hidden_size});
   ops::embedding_forward(x, tokens.reshape({tokens.numel()}), params_[ModelLayout::embed_unit()][embed_row_]);
+  if (opts_.qat != QatScheme::none) ops::fake_quant_q8_0(x, x);  // the Q8_0 table's rows (gradient: straight through)
   return x;
+}
+
+LlamaModel::HeadOperands LlamaModel::head_operands(const Tensor& xf) const {
+  if (opts_.qat == QatScheme::none) return {xf, lm_head_weight()};
+  // QAT: output.weight is Q8_0 in the export, and llama.cpp quantizes its input to Q8_0
+  const Tensor& w = lm_head_weight();
+  HeadOperands h{Tensor::empty(alloc_, xf.shape(), DType::f32, MemCategory::workspace),
+                 Tensor::empty(alloc_, w.shape(), DType::f32, MemCategory::workspace)};
+  ops::fake_quant_q8_0(h.x, xf);
+  ops::fake_quant_q8_0(h.w, w);
+  return h;
 }
 
 void LlamaModel::embed_backward(const Tensor& dx, const Tensor& tokens) {
@@ -417,9 +438,12 @@ LossResult LlamaModel::head_loss_forward_backward(const Tensor& x, const Tensor&
   Tensor dxf = act(alloc_, {N, C});
   Tensor& dhead = lm_head_grad();
   LossResult r;
-  r.sum = ops::lm_head_cross_entropy(xf, lm_head_weight(), targets.reshape({N}), &r.count, nullptr, &dxf,
-                                     dhead.defined() ? &dhead : nullptr, loss_scale);
-  xf = Tensor();
+  {
+    const HeadOperands h = head_operands(xf);
+    xf = Tensor();
+    r.sum = ops::lm_head_cross_entropy(h.x, h.w, targets.reshape({N}), &r.count, nullptr, &dxf,
+                                       dhead.defined() ? &dhead : nullptr, loss_scale);
+  }
   alloc_.set_phase("backward final norm");
   dx = act(alloc_, {N, C});
   Tensor& dnorm = grads_[layout_.head_unit()][norm_row_];
@@ -430,10 +454,9 @@ LossResult LlamaModel::head_loss_forward_backward(const Tensor& x, const Tensor&
 
 LossResult LlamaModel::head_loss(const Tensor& x, const Tensor& targets) {
   const int64_t N = x.size(0);
-  Tensor xf = final_norm(x, nullptr);
+  const HeadOperands h = head_operands(final_norm(x, nullptr));
   LossResult r;
-  r.sum = ops::lm_head_cross_entropy(xf, lm_head_weight(), targets.reshape({N}), &r.count, nullptr, nullptr, nullptr,
-                                     1.0f);
+  r.sum = ops::lm_head_cross_entropy(h.x, h.w, targets.reshape({N}), &r.count, nullptr, nullptr, nullptr, 1.0f);
   return r;
 }
 
@@ -501,10 +524,11 @@ Tensor LlamaModel::forward_logits(const Tensor& tokens) {
   const int64_t B = tokens.size(0), T = tokens.size(1), N = B * T;
   Tensor x = embed_forward(tokens);
   for (auto& b : blocks_) x = b->forward(x, B, T, 0, nullptr, nullptr);
-  Tensor xf = final_norm(x, nullptr);
+  x = final_norm(x, nullptr);
+  const HeadOperands h = head_operands(x);
   x = Tensor();
   Tensor logits = act(alloc_, {N, cfg_.vocab_size});
-  ops::linear_forward(logits, xf, lm_head_weight(), nullptr);
+  ops::linear_forward(logits, h.x, h.w, nullptr);
   return logits;
 }
 
@@ -538,10 +562,10 @@ Tensor LlamaModel::forward_cached(const Tensor& tokens, KVCache& cache, UnitHook
   for (int64_t b = 0; b < B; ++b) last.view(b * C, {C}).copy_(x.view((b * T + T - 1) * C, {C}));
   x = Tensor();
   h.before_forward(layout_.head_unit());
-  Tensor xf = final_norm(last, nullptr);
+  const HeadOperands ho = head_operands(final_norm(last, nullptr));
   last = Tensor();
   Tensor logits = act(alloc_, {B, cfg_.vocab_size});
-  ops::linear_forward(logits, xf, lm_head_weight(), nullptr);
+  ops::linear_forward(logits, ho.x, ho.w, nullptr);
   h.after_forward(layout_.head_unit());
   return logits;
 }

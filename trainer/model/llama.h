@@ -41,6 +41,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -162,10 +163,11 @@ class LlamaModel {
   // On the meta device the weights are only checked (names, shapes), not read.
   static std::unique_ptr<LlamaModel> load(const std::filesystem::path& dir, Allocator& alloc, ModelOptions opts = {});
   void load_weights(const SafeTensorsReader& reader);
-  // The same in pieces, for a parameter store that binds one unit at a time: the names
-  // check (every tensor there, none this model would not use), then a unit's rows (bound).
-  void check_weight_names(const SafeTensorsReader& reader) const;
-  void load_unit_weights(const SafeTensorsReader& reader, int unit);
+  // The same in pieces, for a parameter store that binds one unit at a time: a unit's rows
+  // (bound), returning the names of the reader's tensors it used; then, once every unit is
+  // loaded, the strict check that the reader holds nothing this model would not use.
+  std::vector<std::string> load_unit_weights(const SafeTensorsReader& reader, int unit);
+  void check_unused_weights(const SafeTensorsReader& reader, const std::set<std::string>& used) const;
 
   const LlamaConfig& config() const { return cfg_; }
   Allocator& allocator() const { return alloc_; }
@@ -232,6 +234,13 @@ class LlamaModel {
  private:
   const Tensor& lm_head_weight() const;
   Tensor& lm_head_grad();
+  // The lm_head's input and weight as the forward multiplies them: the final-norm output and
+  // the weight themselves, or under QAT their Q8_0 values (workspace; the gradients pass
+  // straight through to xf and to the weight).
+  struct HeadOperands {
+    Tensor x, w;
+  };
+  HeadOperands head_operands(const Tensor& xf) const;
   Tensor final_norm(const Tensor& x, Tensor* rstd);
 
   LlamaConfig cfg_;

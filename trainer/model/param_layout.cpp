@@ -2,6 +2,7 @@
 
 #include "trainer/core/error.h"
 #include "trainer/model/linear.h"
+#include "trainer/peft/nf4.h"
 
 namespace lmtune {
 
@@ -10,6 +11,9 @@ const char* param_group_kind_name(ParamGroupKind k) {
     case ParamGroupKind::base: return "base";
     case ParamGroupKind::base_f32: return "base_f32";
     case ParamGroupKind::adapters: return "adapters";
+    case ParamGroupKind::nf4_codes: return "nf4_codes";
+    case ParamGroupKind::nf4_absmax: return "nf4_absmax";
+    case ParamGroupKind::nf4_tables: return "nf4_tables";
   }
   return "?";
 }
@@ -49,22 +53,29 @@ UnitLayoutBuilder::UnitLayoutBuilder(std::string unit_name, const ModelOptions& 
   unit_.name = std::move(unit_name);
 }
 
-void UnitLayoutBuilder::add(ParamGroupKind kind, std::string name, Shape shape) {
+void UnitLayoutBuilder::add(ParamGroupKind kind, std::string name, Shape shape, Shape weight_shape) {
   ParamRow r;
   r.name = std::move(name);
   r.shape = std::move(shape);
+  r.weight_shape = std::move(weight_shape);
   pending_.emplace_back(kind, std::move(r));
 }
 
 UnitLayout UnitLayoutBuilder::finish() {
   const bool base_trains = opts_.role == ParamRole::trainable;
   const MemCategory base_cat = base_trains ? MemCategory::trainable : MemCategory::weights;
-  for (ParamGroupKind kind : {ParamGroupKind::base, ParamGroupKind::base_f32, ParamGroupKind::adapters}) {
+  for (ParamGroupKind kind : {ParamGroupKind::base, ParamGroupKind::base_f32, ParamGroupKind::adapters,
+                              ParamGroupKind::nf4_codes, ParamGroupKind::nf4_absmax, ParamGroupKind::nf4_tables}) {
+    const bool quant = kind == ParamGroupKind::nf4_codes || kind == ParamGroupKind::nf4_absmax ||
+                       kind == ParamGroupKind::nf4_tables;
     ParamGroup g;
     g.kind = kind;
-    g.dtype = kind == ParamGroupKind::base ? opts_.weight_dtype : DType::f32;
-    g.category = kind == ParamGroupKind::adapters ? MemCategory::trainable : base_cat;
-    g.trains = kind == ParamGroupKind::adapters || base_trains;
+    g.dtype = kind == ParamGroupKind::base                                           ? opts_.weight_dtype
+              : kind == ParamGroupKind::nf4_codes || kind == ParamGroupKind::nf4_absmax ? DType::u8
+                                                                                        : DType::f32;
+    g.category = kind == ParamGroupKind::adapters ? MemCategory::trainable : quant ? MemCategory::quant : base_cat;
+    g.trains = kind == ParamGroupKind::adapters || (base_trains && !quant);
+    g.shard_quantum = kind == ParamGroupKind::nf4_codes ? nf4_block_bytes() : 1;
     const int index = static_cast<int>(unit_.groups.size());
     bool any = false;
     for (auto& [k, row] : pending_) {

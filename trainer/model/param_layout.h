@@ -16,13 +16,19 @@
 //   base_f32  everything else of the base model — norms (also Qwen3's per-head q_norm and
 //             k_norm), attention biases, embedding, lm_head
 //   adapters  LoRA A and B of the unit's targets (f32, always trainable)
+//   nf4_codes, nf4_absmax, nf4_tables   the projections stored as NF4 (BaseQuant::nf4,
+//             QLoRA; category quant, never trained): packed 4-bit codes (u8), the 8-bit
+//             block absmax codes (u8), and per weight its nested absmax, offset and 8-bit
+//             code map (f32); see trainer/peft/nf4.h for the rows and how they shard.
 // Within a unit, groups appear in that order (only those with rows), and rows in the
 // order the model has always used: a block's projections q, k, v, o, gate, up, down; its
 // vectors input_layernorm, post_attention_layernorm, q_norm and k_norm (Qwen3), then the
 // attention biases (q, k, v; o where the family has one); each adapter's A then B in
 // projection order.
-// Extension points (later issues): a tensor-parallel rank's local slice of each row, and
-// quantized storage (NF4 codes and absmax tables as groups of their own).
+// A group's shard_quantum is the number of elements a shard boundary must be a multiple of
+// (ZeRO-3 pads and splits every group on it): 32 for NF4 codes, so that no quantization
+// block of 64 values is ever split across ranks; 1 elsewhere.
+// Extension point (later issues): a tensor-parallel rank's local slice of each row.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +42,7 @@
 #include "trainer/core/tensor.h"
 #include "trainer/model/config.h"
 #include "trainer/peft/lora_options.h"
+#include "trainer/peft/quant_options.h"
 
 namespace lmtune {
 
@@ -48,10 +55,13 @@ struct ModelOptions {
   DType weight_dtype = DType::f32;
   // LoRA adapters (trainable, f32) on the listed projections of every block.
   std::optional<LoraOptions> lora;
+  // The projection matrices stored as NF4 (QLoRA), and trained for quantized arithmetic (QAT).
+  BaseQuant base_quant = BaseQuant::none;
+  QatScheme qat = QatScheme::none;
   uint64_t seed = 0;  // initialisation of the LoRA A matrices
 };
 
-enum class ParamGroupKind : uint8_t { base, base_f32, adapters };
+enum class ParamGroupKind : uint8_t { base, base_f32, adapters, nf4_codes, nf4_absmax, nf4_tables };
 const char* param_group_kind_name(ParamGroupKind k);
 
 struct ParamGroup {
@@ -60,6 +70,7 @@ struct ParamGroup {
   MemCategory category = MemCategory::weights;  // of the parameters (their grads are `grads`)
   bool trains = false;                          // has gradients
   int64_t numel = 0;
+  int64_t shard_quantum = 1;                    // a shard boundary is a multiple of this
   int64_t nbytes() const { return numel * static_cast<int64_t>(dtype_size(dtype)); }
 };
 
@@ -69,6 +80,7 @@ struct ParamRow {
   DType dtype = DType::f32;
   int group = 0;       // index into UnitLayout::groups
   int64_t offset = 0;  // elements into the group's flat buffer
+  Shape weight_shape;  // rows of NF4 storage: the (out, in) of the weight they encode; else empty
   int64_t numel() const { return shape_numel(shape); }
   int64_t byte_offset() const { return offset * static_cast<int64_t>(dtype_size(dtype)); }
 };
@@ -106,7 +118,7 @@ std::vector<std::vector<int>> grad_bucket_units(const ModelLayout& layout, int64
 class UnitLayoutBuilder {
  public:
   UnitLayoutBuilder(std::string unit_name, const ModelOptions& opts);
-  void add(ParamGroupKind kind, std::string name, Shape shape);
+  void add(ParamGroupKind kind, std::string name, Shape shape, Shape weight_shape = {});
   UnitLayout finish();
 
  private:

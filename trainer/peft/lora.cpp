@@ -43,7 +43,7 @@ LoraLinear::LoraLinear(std::unique_ptr<Linear> base, int base_weight_row, int a_
 
 void LoraLinear::bind(std::span<const Tensor> params, std::span<const Tensor> grads) {
   base_->bind(params, grads);
-  base_weight_ = params[base_weight_row_];
+  base_weight_ = base_weight_row_ >= 0 ? params[base_weight_row_] : Tensor();
   a_ = params[a_row_];
   b_ = params[b_row_];
   da_ = grads.empty() ? Tensor() : grads[a_row_];
@@ -102,6 +102,8 @@ void LoraLinear::backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, c
 }
 
 void LoraLinear::merge_adapter() {
+  LMTUNE_CHECK(base_weight_.defined(), "a LoRA adapter cannot be merged into an NF4 base weight (an export of a "
+               "QLoRA run merges into the dequantized weights)");
   if (base_weight_.is_meta()) return;
   ops::lora_merge(base_weight_, a_, b_, scaling_);
   b_.zero_();

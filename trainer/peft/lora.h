@@ -22,7 +22,8 @@ namespace lmtune {
 class LoraLinear final : public Linear {
  public:
   // a_row (r, in) and b_row (out, r) index the unit's rows (f32); base_weight_row is the
-  // base layer's weight (out, in), which merge_adapter() adds to.
+  // base layer's weight (out, in), which merge_adapter() adds to (-1: a base that cannot be
+  // merged into, such as NF4).
   LoraLinear(std::unique_ptr<Linear> base, int base_weight_row, int a_row, int b_row, float scaling, float dropout);
 
   int64_t in_features() const override { return base_->in_features(); }
