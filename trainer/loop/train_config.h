@@ -35,6 +35,7 @@
 
 #include "trainer/core/dtype.h"
 #include "trainer/data/dataset.h"  // DataFormat (text | alpaca | chat), shared with the data pipeline
+#include "trainer/model/recompute.h"  // Recompute (none | full | selective), shared with the model
 
 namespace lmtune {
 
@@ -43,7 +44,6 @@ enum class MethodType { lora, full };
 enum class LoraTarget { q, k, v, o, gate, up, down };
 enum class ChatTemplate { auto_detect, llama3, qwen3, chatml, llama2, plain };  // YAML: auto | llama3 | ...
 enum class LrSchedule { cosine, linear, constant };
-enum class Recompute { none, full, selective };
 enum class Offload { none, optimizer, params };
 enum class ValidationSplitKind { none, every_nth, fraction };
 enum class ResumeMode { none, latest, checkpoint };  // YAML: null | "auto" | a checkpoint dir

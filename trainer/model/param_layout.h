@@ -35,6 +35,7 @@
 #include "trainer/core/dtype.h"
 #include "trainer/core/tensor.h"
 #include "trainer/model/config.h"
+#include "trainer/model/recompute.h"
 #include "trainer/peft/lora_options.h"
 
 namespace lmtune {
@@ -49,6 +50,9 @@ struct ModelOptions {
   // LoRA adapters (trainable, f32) on the listed projections of every block.
   std::optional<LoraOptions> lora;
   uint64_t seed = 0;  // initialisation of the LoRA A matrices
+  // What a training forward keeps and its backward rebuilds (recompute.h); no effect on
+  // the layout.
+  Recompute recompute = Recompute::none;
 };
 
 enum class ParamGroupKind : uint8_t { base, base_f32, adapters };
