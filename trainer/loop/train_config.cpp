@@ -777,8 +777,8 @@ void read_train(Context& ctx, const YAML::Node& node, TrainSection& t) {
 void read_parallel(Context& ctx, const YAML::Node& node, ParallelSection& p) {
   Section s(ctx, node, "parallel");
   const std::string later =
-      " is not supported yet: this release runs data parallelism only (any dp, tp=1, pp=1, zero=0, "
-      "recompute=none, offload=none); the other strategies come in a later release";
+      " is not supported yet: this release runs data parallelism only (any dp and recompute, tp=1, pp=1, "
+      "zero=0, offload=none); the other strategies come in a later release";
   const YAML::Node dp = s.get("dp");
   if (dp.IsDefined() && dp.IsScalar() && dp.Scalar() == "auto") p.dp = ParallelSection::kAuto;
   else read_int(s, "dp", p.dp, [](int64_t v) { return v >= 1; }, "an integer >= 1 or 'auto'");
@@ -789,9 +789,7 @@ void read_parallel(Context& ctx, const YAML::Node& node, ParallelSection& p) {
   }
   if (read_int(s, "zero", p.zero, [](int64_t v) { return v >= 0 && v <= 3; }, "one of 0, 1, 2, 3") && p.zero != 0)
     ctx.fail("parallel.zero", s.get("zero"), "zero=" + std::to_string(p.zero) + later);
-  if (read_enum(s, "recompute", p.recompute, kRecompute) && p.recompute != Recompute::none)
-    ctx.fail("parallel.recompute", s.get("recompute"),
-             "recompute=" + std::string(to_string(p.recompute)) + later);
+  read_enum(s, "recompute", p.recompute, kRecompute);
   if (read_enum(s, "offload", p.offload, kOffload) && p.offload != Offload::none)
     ctx.fail("parallel.offload", s.get("offload"), "offload=" + std::string(to_string(p.offload)) + later);
   read_double(s, "bucket_mb", p.bucket_mb, [](double v) { return v > 0 && v <= 1e6; }, "a number of MiB in (0, 1e6]");

@@ -149,8 +149,8 @@ struct TrainSection {
   bool operator==(const TrainSection&) const = default;
 };
 
-// How the ranks share the work. This release runs data parallelism: tp, pp, zero,
-// recompute and offload accept only their single-process values.
+// How the ranks share the work. This release runs data parallelism and activation
+// recompute: tp, pp, zero and offload accept only their single-process values.
 struct ParallelSection {
   static constexpr int64_t kAuto = 0;  // dp: the world size divided by tp * pp
   int64_t dp = kAuto;  // data-parallel ranks, or kAuto ("auto" in YAML, the default)

@@ -16,6 +16,7 @@ ModelOptions model_options(const TrainConfig& c) {
   o.role = c.method.type == MethodType::full ? ParamRole::trainable : ParamRole::frozen;
   o.weight_dtype = c.model.dtype;
   o.seed = c.train.seed;
+  o.recompute = c.parallel.recompute;
   if (c.method.type == MethodType::lora) {
     const LoraSection& l = c.method.lora;
     LoraOptions lo;
