@@ -17,10 +17,13 @@
 #include <optional>
 #include <random>
 
+#include "model/memory_util.h"
 #include "trainer/model/llama.h"
 
 namespace lmtune {
 namespace {
+
+using test_util::expect_same_stats;
 
 constexpr Recompute kPolicies[] = {Recompute::none, Recompute::selective, Recompute::full};
 const char* name(Recompute r) { return r == Recompute::none ? "none" : r == Recompute::full ? "full" : "selective"; }
@@ -194,18 +197,6 @@ TEST(Recompute, DropoutIsActiveInTheEquivalenceRuns) {
 }
 
 // ---- memory -------------------------------------------------------------------------
-
-void expect_same_stats(const MemoryStats& real, const MemoryStats& meta) {
-  for (int c = 0; c < kNumMemCategories; ++c) {
-    EXPECT_EQ(real.category[c].peak, meta.category[c].peak) << mem_category_name(static_cast<MemCategory>(c));
-    EXPECT_EQ(real.at_peak[c], meta.at_peak[c]) << mem_category_name(static_cast<MemCategory>(c));
-  }
-  EXPECT_EQ(real.allocated.peak, meta.allocated.peak);
-  EXPECT_EQ(real.reserved.peak, meta.reserved.peak);
-  EXPECT_EQ(real.reserved.current, meta.reserved.current);
-  EXPECT_EQ(real.peak_phase, meta.peak_phase);
-  EXPECT_EQ(real.num_allocs, meta.num_allocs);
-}
 
 // stories15M's shape (width 288, 6 layers of 6 heads, MLP 768, tied embeddings) with a
 // vocabulary of 8000 instead of 32000, so that the test runs in a few seconds: the blocks'
