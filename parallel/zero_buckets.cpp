@@ -57,7 +57,7 @@ class ZeroBucketState final : public TrainingState {
     for (int u = 0; u < U; ++u)
       for (size_t i = 0; i < layout_.units[u].rows.size(); ++i) {
         const ParamRow& r = layout_.units[u].rows[i];
-        if (layout_.units[u].groups[r.group].trains) held_.push_back({r.name, model.unit_params(u)[i], Tensor()});
+        if (layout_.units[u].groups[r.group].trains) held_.push_back({r.name, model.unit_params(u)[i], Tensor(), {}, 0});
       }
   }
 

@@ -4,6 +4,8 @@
 //     2, on a model whose sizes divide by none of the rank counts (hidden 30, MLP 46, 3
 //     layers): every step's loss and the final weights within 1e-5, and every rank's meta
 //     prediction of its peak allocated and reserved bytes equal to the measured ones;
+//   * activation recompute full and selective at dp 2 (LoRA and full fine-tuning), the
+//     same checks;
 //   * resume across layouts: a dp=2 checkpoint continued with dp=1 and dp=3 equals the
 //     uninterrupted run, and with dp=2 is bit-identical to it;
 //   * faults: a rank killed with SIGKILL mid-run ends every rank within 30 s, names the
@@ -133,6 +135,30 @@ INSTANTIATE_TEST_SUITE_P(Layouts, DataParallelEquivalence,
                          ::testing::Combine(::testing::Values("lora", "full"), ::testing::Values(2, 3, 4)),
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_dp" + std::to_string(std::get<1>(info.param));
+                         });
+
+// Activation recompute under real processes: dp 2 with the suite's gradient accumulation 2
+// and LoRA dropout 0.1, against one process without recompute (recompute itself changes
+// no bit: tests/model/recompute_test.cpp).
+class DataParallelRecompute : public DataParallel,
+                              public ::testing::WithParamInterface<std::tuple<std::string, std::string>> {};
+
+TEST_P(DataParallelRecompute, MatchesOneProcess) {
+  const auto& [method, recompute] = GetParam();
+  const TrainRun& one = single(method);
+  ASSERT_EQ(one.result.exit_code, 0) << one.result.err;
+  const TrainRun r = train(method + "-dp2-recompute-" + recompute, 2,
+                           overrides(method) + " parallel.recompute=" + recompute);
+  ASSERT_EQ(r.result.exit_code, 0) << r.result.err;
+  expect_losses_near(r.losses, one.losses, method + " dp2 recompute " + recompute);
+  EXPECT_LE(weight_error(parameters(r.dir / "checkpoint-6"), parameters(one.dir / "checkpoint-6")), 1e-5);
+  expect_memory_predicted_exactly(r, 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, DataParallelRecompute,
+                         ::testing::Combine(::testing::Values("lora", "full"), ::testing::Values("full", "selective")),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_recompute_" + std::get<1>(info.param);
                          });
 
 TEST_F(DataParallel, ResumesUnderAnotherLayout) {

@@ -666,8 +666,23 @@ TEST_F(TrainConfigTest, BadParallelTensorParallelNotSupportedYet) {
   expect_error(minimal() + "parallel:\n  tp: 2\n", {"parallel.tp", "tp=2", "not supported yet"});
 }
 
-TEST_F(TrainConfigTest, BadParallelRecomputeNotSupportedYet) {
-  expect_error(minimal() + "parallel:\n  recompute: full\n", {"parallel.recompute", "recompute=full", "not supported yet"});
+TEST_F(TrainConfigTest, RecomputeSettings) {
+  for (const auto& [text, value] : {std::pair{"none", Recompute::none}, std::pair{"full", Recompute::full},
+                                    std::pair{"selective", Recompute::selective}}) {
+    const TrainConfig c =
+        parse_train_config(minimal() + "parallel:\n  recompute: " + text + "\n", "cfg.yaml", {});
+    EXPECT_EQ(c.parallel.recompute, value) << text;
+    EXPECT_NE(to_yaml(c).find(std::string("recompute: ") + text), std::string::npos) << text;
+    EXPECT_EQ(parse_train_config(to_yaml(c), "resolved.yaml", {}), c) << text;
+  }
+  EXPECT_EQ(parse_train_config(minimal(), "cfg.yaml", {"parallel.recompute=selective"}).parallel.recompute,
+            Recompute::selective);
+}
+
+TEST_F(TrainConfigTest, BadParallelRecompute) {
+  expect_error(minimal() + "parallel:\n  recompute: ful\n",
+               {"parallel.recompute", "expected one of none, full, selective", "'ful'", "did you mean 'full'?"});
+  expect_error(minimal() + "parallel:\n  recompute: true\n", {"parallel.recompute", "'true'"});
 }
 
 TEST_F(TrainConfigTest, BadParallelZeroOutOfRange) {

@@ -202,7 +202,8 @@ TEST_F(TrainSafety, OutOfMemoryAdviceNamesOnlyWhatExists) {
     EXPECT_HAS(m, "a smaller train.micro_batch_size (now 2) with more train.grad_accum_steps (now 1)");
     EXPECT_HAS(m, "a shorter data.seq_len (now 16)");
     EXPECT_HAS(m, "LoRA instead of full fine-tuning (method.type: lora)");
-    for (const char* absent : {"recompute", "lmtune plan", "shards", "offload", "ZeRO"})
+    EXPECT_HAS(m, "activation recompute (parallel.recompute: full, or selective; now none)");
+    for (const char* absent : {"lmtune plan", "shards", "offload", "ZeRO"})
       EXPECT_EQ(m.find(absent), std::string::npos) << absent << " does not exist yet: " << m;
   }
 }

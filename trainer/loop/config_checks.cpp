@@ -52,6 +52,10 @@ std::string train_oom_advice(const TrainConfig& c) {
         ") with more train.grad_accum_steps (now " + std::to_string(c.train.grad_accum_steps) +
         ") keeps the batch and lowers activation memory");
   add("a shorter data.seq_len (now " + std::to_string(c.data.seq_len) + ")");
+  if (c.parallel.recompute != Recompute::full)
+    add(std::string("activation recompute (parallel.recompute: full") +
+        (c.parallel.recompute == Recompute::none ? ", or selective" : "") + "; now " +
+        std::string(to_string(c.parallel.recompute)) + ")");
   if (c.method.type == MethodType::full)
     add("LoRA instead of full fine-tuning (method.type: lora), whose frozen base can also be stored in bf16 "
         "(model.dtype: bf16)");

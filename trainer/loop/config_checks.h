@@ -5,7 +5,7 @@
 //
 // And the advice a training run's out-of-memory error gives: only knobs that exist in this
 // release and would lower memory for this config. Keep it current as features land
-// (activation recompute, ZeRO, offload, QLoRA, `lmtune plan`).
+// (ZeRO, offload, QLoRA, `lmtune plan`).
 #pragma once
 
 #include <filesystem>

@@ -36,6 +36,7 @@
 #include "trainer/core/dtype.h"
 #include "trainer/data/dataset.h"  // DataFormat (text | alpaca | chat), shared with the data pipeline
 #include "trainer/peft/quant_options.h"  // QatScheme
+#include "trainer/model/recompute.h"  // Recompute (none | full | selective), shared with the model
 
 namespace lmtune {
 
@@ -47,7 +48,6 @@ bool uses_lora(MethodType t);
 enum class LoraTarget { q, k, v, o, gate, up, down };
 enum class ChatTemplate { auto_detect, llama3, qwen3, chatml, llama2, plain };  // YAML: auto | llama3 | ...
 enum class LrSchedule { cosine, linear, constant };
-enum class Recompute { none, full, selective };
 enum class Offload { none, optimizer, params };
 enum class ValidationSplitKind { none, every_nth, fraction };
 enum class ResumeMode { none, latest, checkpoint };  // YAML: null | "auto" | a checkpoint dir
@@ -161,8 +161,8 @@ struct TrainSection {
   bool operator==(const TrainSection&) const = default;
 };
 
-// How the ranks share the work. This release runs data parallelism with ZeRO 0-3 and CPU
-// offload; tp, pp and recompute accept only their single-process values.
+// How the ranks share the work. This release runs data parallelism with ZeRO 0-3, CPU
+// offload and activation recompute; tp and pp accept only their single-process values.
 struct ParallelSection {
   static constexpr int64_t kAuto = 0;  // dp: the world size divided by tp * pp
   int64_t dp = kAuto;  // data-parallel ranks, or kAuto ("auto" in YAML, the default)

@@ -19,6 +19,7 @@ ModelOptions model_options(const TrainConfig& c) {
   o.seed = c.train.seed;
   if (c.method.type == MethodType::qlora) o.base_quant = BaseQuant::nf4;
   o.qat = c.method.qat.scheme;
+  o.recompute = c.parallel.recompute;
   if (uses_lora(c.method.type)) {
     const LoraSection& l = c.method.lora;
     LoraOptions lo;
@@ -181,8 +182,8 @@ RankMemoryPrediction predict_rank_memory(const TrainConfig& c, Communicator& met
   // were (same fingerprints, same peaks) would repeat forever: skip ahead over such repeats
   // of a step, and of a whole stretch between two evaluations.
   struct Moment {
-    uint64_t device, host;
-    int64_t allocated_peak, reserved_peak, host_allocated_peak, host_reserved_peak;
+    uint64_t device = 0, host = 0;
+    int64_t allocated_peak = 0, reserved_peak = 0, host_allocated_peak = 0, host_reserved_peak = 0;
     bool operator==(const Moment&) const = default;
   };
   auto now = [&] {
@@ -191,33 +192,36 @@ RankMemoryPrediction predict_rank_memory(const TrainConfig& c, Communicator& met
                   h.allocated.peak,           h.reserved.peak};
   };
   const int64_t total = run.total_steps;
-  std::optional<Moment> after_last_step, after_last_eval;
+  Moment after_last_step, after_last_eval;  // valid when have_*
+  bool have_step = false, have_eval = false;
   int64_t done = run.first_step;
   while (done < total) {
     engine.step(micro, done, c.train.lr);
     ++done;
     if (!evaluates_after(c, done, total)) {
       const Moment m = now();
-      if (after_last_step == m) {  // every step until the next evaluation is this one again
+      if (have_step && after_last_step == m) {  // every step until the next evaluation is this one again
         int64_t next_eval = total;
         if (c.train.eval_every > 0) next_eval = std::min(total, (done / c.train.eval_every + 1) * c.train.eval_every);
         done = next_eval - 1;
       }
       after_last_step = m;
+      have_step = true;
       continue;
     }
     if (run.validation)
       evaluate(model, *run.validation, B, c.train.eval_batches, meta_dp, &state,
                state.forward_needs_every_rank() ? Lockstep::yes : Lockstep::no);
     if (samples) sample_ids(model, run.sample_prompt, c, &state);
-    after_last_step.reset();
+    have_step = false;
     const Moment m = now();
-    if (after_last_eval == m && c.train.eval_every > 0) {
+    if (have_eval && after_last_eval == m && c.train.eval_every > 0) {
       // every stretch of eval_every steps up to the last one before `total` is this one again
       const int64_t last_regular = (total - 1) / c.train.eval_every * c.train.eval_every;
       done = std::max(done, last_regular);
     }
     after_last_eval = m;
+    have_eval = true;
   }
   return {alloc->stats(), host->stats()};
 }

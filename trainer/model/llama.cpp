@@ -24,8 +24,13 @@ Tensor act(Allocator& alloc, Shape shape, DType dtype = DType::f32) {
 // LlamaBlock
 
 LlamaBlock::LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const UnitLayout& layout,
-                       const LinearFactory& factory, int index, Tensor rope_inv_freq)
-    : cfg_(cfg), alloc_(alloc), layout_(layout), index_(index), rope_inv_freq_(std::move(rope_inv_freq)) {
+                       const LinearFactory& factory, int index, Tensor rope_inv_freq, Recompute recompute)
+    : cfg_(cfg),
+      alloc_(alloc),
+      layout_(layout),
+      index_(index),
+      recompute_(recompute),
+      rope_inv_freq_(std::move(rope_inv_freq)) {
   const std::string prefix = "model.layers." + std::to_string(index) + ".";
   ln1_row_ = layout.index(prefix + "input_layernorm.weight");
   ln2_row_ = layout.index(prefix + "post_attention_layernorm.weight");
@@ -66,100 +71,107 @@ void LlamaBlock::merge_adapters() {
 
 Tensor LlamaBlock::forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, KVCache* cache,
                            BlockActivations* save, const MicroBatchContext& ctx) {
-  const int64_t N = B * T, C = cfg_.hidden_size, H = cfg_.intermediate_size;
-  const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim();
-  const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  const bool qk_norm = qn_row_ >= 0;
   LMTUNE_ASSERT(cache != nullptr || pos0 == 0, "a forward at pos0 > 0 needs a KV cache");
-  const Phase phase = save != nullptr ? Phase::train : Phase::eval;  // a training forward saves for backward
+  if (save == nullptr) return run_forward(x, B, T, pos0, cache, ctx, kEvalPass, nullptr);
+  // a training forward keeps what the recompute policy says (recompute.h)
+  const Keep keep = recompute_ == Recompute::full        ? Keep::input
+                    : recompute_ == Recompute::selective ? Keep::all_but_attention
+                                                         : Keep::all;
+  return run_forward(x, B, T, pos0, cache, ctx, {Phase::train, keep, Output::compute}, save);
+}
 
-  Tensor ln1 = act(alloc_, {N, C}), ln1_rstd = act(alloc_, {N});
-  ops::rmsnorm_forward(ln1, ln1_rstd, x, ln1_w_, eps);
+Tensor LlamaBlock::run_forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, KVCache* cache,
+                               const MicroBatchContext& ctx, const Pass& pass, BlockActivations* save) {
+  const int64_t N = B * T, C = cfg_.hidden_size, H = cfg_.intermediate_size;
+  const int64_t Hq = cfg_.num_attention_heads, D = cfg_.head_dim();
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const Phase phase = pass.phase;
+  const bool keep_attention = pass.keep == Keep::all, keep_rest = pass.keep != Keep::input;
+  BlockActivations a;
+  a.x_in = x;
+  a.ctx = ctx;
 
-  Tensor q = act(alloc_, {B, T, Hq, D}), k = act(alloc_, {B, T, Hkv, D}), v = act(alloc_, {B, T, Hkv, D});
+  a.ln1 = act(alloc_, {N, C});
+  a.ln1_rstd = act(alloc_, {N});
+  ops::rmsnorm_forward(a.ln1, a.ln1_rstd, x, ln1_w_, eps);
+  attention_inner(a, B, T, pos0, cache, phase, pass.keep);
+  if (!keep_rest) a.ln1 = a.ln1_rstd = Tensor();
+  if (!keep_attention) a.q = a.k = a.v = Tensor();
+
+  a.res1 = act(alloc_, {N, C});
+  proj(kO).forward(a.res1, a.att.reshape({N, Hq * D}), proj_context(ctx, kO, phase));
+  if (!keep_attention) a.att = Tensor();
+  ops::add_inplace(a.res1, x);
+
+  a.ln2 = act(alloc_, {N, C});
+  a.ln2_rstd = act(alloc_, {N});
+  ops::rmsnorm_forward(a.ln2, a.ln2_rstd, a.res1, ln2_w_, eps);
+  a.gate = act(alloc_, {N, H});
+  a.up = act(alloc_, {N, H});
+  proj(kGate).forward(a.gate, a.ln2, proj_context(ctx, kGate, phase));
+  proj(kUp).forward(a.up, a.ln2, proj_context(ctx, kUp, phase));
+  a.act = act(alloc_, {N, H});
+  ops::swiglu_forward(a.act, a.gate, a.up);
+  if (!keep_rest) a.gate = a.up = a.ln2 = a.ln2_rstd = Tensor();  // before the last matmul
+  Tensor out;
+  if (pass.output == Output::compute) {
+    out = act(alloc_, {N, C});
+    proj(kDown).forward(out, a.act, proj_context(ctx, kDown, phase));
+    ops::add_inplace(out, a.res1);
+  }
+  if (save != nullptr) {
+    if (!keep_rest) a.res1 = a.act = Tensor();  // full recompute: the input (and ctx) only
+    *save = std::move(a);
+  }
+  return out;
+}
+
+void LlamaBlock::attention_inner(BlockActivations& a, int64_t B, int64_t T, int64_t pos0, KVCache* cache,
+                                 Phase phase, Keep keep) {
+  const int64_t N = B * T, Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim();
+  const bool qk_norm = qn_row_ >= 0;
+  a.q = act(alloc_, {B, T, Hq, D});
+  a.k = act(alloc_, {B, T, Hkv, D});
+  a.v = act(alloc_, {B, T, Hkv, D});
   // Qwen3: the projections land in q_pre / k_pre and each head is RMS-normalised into q / k.
-  Tensor q_pre, k_pre, q_rstd, k_rstd;
   if (qk_norm) {
-    q_pre = act(alloc_, {B, T, Hq, D});
-    k_pre = act(alloc_, {B, T, Hkv, D});
+    a.q_pre = act(alloc_, {B, T, Hq, D});
+    a.k_pre = act(alloc_, {B, T, Hkv, D});
   }
-  Tensor q2 = (qk_norm ? q_pre : q).reshape({N, Hq * D}), k2 = (qk_norm ? k_pre : k).reshape({N, Hkv * D});
-  Tensor v2 = v.reshape({N, Hkv * D});
-  proj(kQ).forward(q2, ln1, proj_context(ctx, kQ, phase));
-  proj(kK).forward(k2, ln1, proj_context(ctx, kK, phase));
-  proj(kV).forward(v2, ln1, proj_context(ctx, kV, phase));
-  q2 = k2 = v2 = Tensor();
+  {
+    Tensor q2 = (qk_norm ? a.q_pre : a.q).reshape({N, Hq * D}), k2 = (qk_norm ? a.k_pre : a.k).reshape({N, Hkv * D});
+    Tensor v2 = a.v.reshape({N, Hkv * D});
+    proj(kQ).forward(q2, a.ln1, proj_context(a.ctx, kQ, phase));
+    proj(kK).forward(k2, a.ln1, proj_context(a.ctx, kK, phase));
+    proj(kV).forward(v2, a.ln1, proj_context(a.ctx, kV, phase));
+  }
   if (qk_norm) {
-    q_rstd = act(alloc_, {N * Hq});
-    k_rstd = act(alloc_, {N * Hkv});
-    ops::rmsnorm_forward(q, q_rstd, q_pre, qn_w_, eps);
-    ops::rmsnorm_forward(k, k_rstd, k_pre, kn_w_, eps);
-    if (save == nullptr) q_pre = k_pre = q_rstd = k_rstd = Tensor();
+    const float eps = static_cast<float>(cfg_.rms_norm_eps);
+    a.q_rstd = act(alloc_, {N * Hq});
+    a.k_rstd = act(alloc_, {N * Hkv});
+    ops::rmsnorm_forward(a.q, a.q_rstd, a.q_pre, qn_w_, eps);
+    ops::rmsnorm_forward(a.k, a.k_rstd, a.k_pre, kn_w_, eps);
+    if (keep != Keep::all) a.q_pre = a.k_pre = a.q_rstd = a.k_rstd = Tensor();  // only the backward reads them
   }
-  ops::rope_forward(q, q, pos0, rope_inv_freq_);
-  ops::rope_forward(k, k, pos0, rope_inv_freq_);
+  ops::rope_forward(a.q, a.q, pos0, rope_inv_freq_);
+  ops::rope_forward(a.k, a.k, pos0, rope_inv_freq_);
 
-  Tensor keys = k, values = v;
+  Tensor keys = a.k, values = a.v;
   if (cache != nullptr) {
     Tensor& ck = cache->k[index_];
     Tensor& cv = cache->v[index_];
     const int64_t S = cache->capacity, kvd = Hkv * D;
     LMTUNE_CHECK(pos0 + T <= S, "the KV cache holds ", S, " positions; ", pos0 + T, " were asked for");
     for (int64_t b = 0; b < B; ++b) {
-      ck.view((b * S + pos0) * kvd, {T * kvd}).copy_(k.view(b * T * kvd, {T * kvd}));
-      cv.view((b * S + pos0) * kvd, {T * kvd}).copy_(v.view(b * T * kvd, {T * kvd}));
+      ck.view((b * S + pos0) * kvd, {T * kvd}).copy_(a.k.view(b * T * kvd, {T * kvd}));
+      cv.view((b * S + pos0) * kvd, {T * kvd}).copy_(a.v.view(b * T * kvd, {T * kvd}));
     }
     keys = ck;
     values = cv;
   }
-
-  Tensor att = act(alloc_, {B, T, Hq, D});
-  Tensor lse;
-  if (save != nullptr) lse = act(alloc_, {B, Hq, T});
-  ops::attention_forward(att, save != nullptr ? &lse : nullptr, q, keys, values, pos0);
-  keys = Tensor();
-  values = Tensor();
-
-  Tensor res1 = act(alloc_, {N, C});
-  proj(kO).forward(res1, att.reshape({N, Hq * D}), proj_context(ctx, kO, phase));
-  ops::add_inplace(res1, x);
-
-  Tensor ln2 = act(alloc_, {N, C}), ln2_rstd = act(alloc_, {N});
-  ops::rmsnorm_forward(ln2, ln2_rstd, res1, ln2_w_, eps);
-  Tensor gate = act(alloc_, {N, H}), up = act(alloc_, {N, H});
-  proj(kGate).forward(gate, ln2, proj_context(ctx, kGate, phase));
-  proj(kUp).forward(up, ln2, proj_context(ctx, kUp, phase));
-  Tensor a = act(alloc_, {N, H});
-  ops::swiglu_forward(a, gate, up);
-  if (save == nullptr) {  // inference: release what no one needs before the last matmul
-    gate = up = ln2 = ln2_rstd = Tensor();
-  }
-  Tensor out = act(alloc_, {N, C});
-  proj(kDown).forward(out, a, proj_context(ctx, kDown, phase));
-  ops::add_inplace(out, res1);
-
-  if (save != nullptr) {
-    *save = BlockActivations{.x_in = x,
-                             .ln1 = std::move(ln1),
-                             .ln1_rstd = std::move(ln1_rstd),
-                             .q = std::move(q),
-                             .k = std::move(k),
-                             .v = std::move(v),
-                             .q_pre = std::move(q_pre),
-                             .k_pre = std::move(k_pre),
-                             .q_rstd = std::move(q_rstd),
-                             .k_rstd = std::move(k_rstd),
-                             .att = std::move(att),
-                             .att_lse = std::move(lse),
-                             .res1 = std::move(res1),
-                             .ln2 = std::move(ln2),
-                             .ln2_rstd = std::move(ln2_rstd),
-                             .gate = std::move(gate),
-                             .up = std::move(up),
-                             .act = std::move(a),
-                             .ctx = ctx};
-  }
-  return out;
+  a.att = act(alloc_, {B, T, Hq, D});
+  if (keep == Keep::all) a.att_lse = act(alloc_, {B, Hq, T});
+  ops::attention_forward(a.att, keep == Keep::all ? &a.att_lse : nullptr, a.q, keys, values, pos0);
 }
 
 void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T) {
@@ -167,6 +179,14 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
   const int64_t N = B * T, C = cfg_.hidden_size, H = cfg_.intermediate_size;
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim();
   LMTUNE_ASSERT(trains_, "backward through a block that does not train (no gradients bound)");
+  LMTUNE_ASSERT(s.x_in.defined() && s.ln1.defined() == (recompute_ != Recompute::full) &&
+                    s.att.defined() == (recompute_ == Recompute::none),
+                "block ", index_, ": backward given activations its forward did not save under this recompute policy");
+  if (recompute_ == Recompute::full) {  // everything from the input, but the output (recompute.h)
+    BlockActivations rebuilt;
+    run_forward(s.x_in, B, T, 0, nullptr, s.ctx, {Phase::train, Keep::all, Output::skip}, &rebuilt);
+    s = std::move(rebuilt);
+  }
 
   // MLP branch: out = res1 + down(silu(gate(ln2)) * up(ln2)),  ln2 = rmsnorm(res1)
   {
@@ -188,6 +208,8 @@ void LlamaBlock::backward(Tensor& dx, BlockActivations& s, int64_t B, int64_t T)
   // Attention branch: res1 = x_in + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))),  ln1 = rmsnorm(x_in)
   // (Qwen3: rope(q_norm(q(ln1))) and rope(k_norm(k(ln1))), each head normalised on its own)
   {
+    if (recompute_ == Recompute::selective)  // the attention internals from ln1 (recompute.h)
+      attention_inner(s, B, T, 0, nullptr, Phase::train, Keep::all);
     Tensor datt = act(alloc_, {B, T, Hq, D});
     Tensor datt2 = datt.reshape({N, Hq * D});
     proj(kO).backward(&datt2, dx, s.att.reshape({N, Hq * D}), proj_context(s.ctx, kO, Phase::train), GradWrite::assign);
@@ -247,7 +269,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, Allocator& alloc, ModelOptions op
   }
   for (int l = 0; l < layout_.num_blocks(); ++l)
     blocks_.push_back(std::make_unique<LlamaBlock>(cfg_, alloc, layout_.units[ModelLayout::block_unit(l)], factory_, l,
-                                                   rope_inv_freq_));
+                                                   rope_inv_freq_, opts_.recompute));
   params_.resize(U);
   grads_.resize(U);
   for (int u = 0; u < U; ++u) {

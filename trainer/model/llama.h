@@ -8,7 +8,8 @@
 // in: rope.h), which the model computes once from the config and holds as a tensor
 // (category weights) that every block reads. Forward and backward are written by hand,
 // one op at a time (kernels/ops.h); each block saves exactly the activations its backward
-// needs, in BlockActivations.
+// needs, in BlockActivations — or, under activation recompute, less of them, rebuilt in its
+// backward (the policy and why the rebuilt tensors are the same: recompute.h).
 //
 // Units and stages. The model is a sequence of units — the embedding (unit 0), the blocks
 // (units 1..L), the head (final norm + lm_head + loss, unit L+1) — whose parameters the
@@ -69,7 +70,9 @@ struct MicroBatchContext {
   int64_t row_offset = 0;
 };
 
-// What one block's backward needs, saved by its forward. N = B*T rows.
+// What one block's backward needs, saved by its forward. N = B*T rows. Under recompute the
+// forward saves only x_in and ctx (full) or leaves q .. att_lse undefined (selective), and
+// the backward rebuilds the rest (recompute.h).
 struct BlockActivations {
   Tensor x_in;              // (N, C) block input (the previous block's output)
   Tensor ln1, ln1_rstd;     // (N, C), (N)
@@ -106,19 +109,23 @@ class UnitHooks {
 class LlamaBlock {
  public:
   // `layout` is this block's unit of the model layout; projections come from `factory`;
-  // rope_inv_freq (D/2) is the model's RoPE frequency table.
+  // rope_inv_freq (D/2) is the model's RoPE frequency table; `recompute` is what a
+  // training forward keeps and the backward rebuilds (recompute.h).
   LlamaBlock(const LlamaConfig& cfg, Allocator& alloc, const UnitLayout& layout, const LinearFactory& factory,
-             int index, Tensor rope_inv_freq);
+             int index, Tensor rope_inv_freq, Recompute recompute);
   // Views of the unit's rows (params) and of their gradients (grads; empty or undefined
   // where frozen).
   void bind(std::span<const Tensor> params, std::span<const Tensor> grads);
   // Forward for B sequences of T new tokens at positions [pos0, pos0 + T). With a cache,
   // this block's k/v rows are written into it and attention reads all pos0 + T rows;
-  // without, k/v are fresh tensors (pos0 must be 0). x (N, C) -> returned (N, C).
+  // without, k/v are fresh tensors (pos0 must be 0). x (N, C) -> returned (N, C). With
+  // `save` it is a training forward (LoRA dropout draws from ctx) and saves what the
+  // recompute policy keeps; without, it computes the plain function and keeps nothing.
   Tensor forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, KVCache* cache, BlockActivations* save,
                  const MicroBatchContext& ctx = {});
   // Given dx (N, C) = d loss / d output, overwrites it with d loss / d input; parameter
-  // grads accumulate. `acts` are released as they are consumed.
+  // grads accumulate. `acts` are released as they are consumed; what the forward did not
+  // keep is rebuilt here first (recompute.h), so call it while the parameters are bound.
   void backward(Tensor& dx, BlockActivations& acts, int64_t B, int64_t T);
 
   void merge_adapters();
@@ -127,13 +134,32 @@ class LlamaBlock {
   enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kNumProj };
 
  private:
+  // What a forward keeps in BlockActivations (the rest is released as soon as it is used)
+  // and whether it computes the block's output.
+  enum class Keep { input, all_but_attention, all };
+  enum class Output { compute, skip };
+  struct Pass {
+    Phase phase;  // which dropout draws happen
+    Keep keep;
+    Output output;
+  };
+  static constexpr Pass kEvalPass{Phase::eval, Keep::input, Output::compute};
+
   Linear& proj(Proj p) { return *proj_[p]; }
   LinearContext proj_context(const MicroBatchContext& ctx, int p, Phase phase) const;
+  // The forward's ops, one by one; `save` (may be null) gets what pass.keep says.
+  Tensor run_forward(const Tensor& x, int64_t B, int64_t T, int64_t pos0, KVCache* cache,
+                     const MicroBatchContext& ctx, const Pass& pass, BlockActivations* save);
+  // From a.ln1 and a.ctx: a.q, a.k, a.v (after RoPE), a.att and — with Keep::all — what
+  // only the backward reads (a.att_lse; Qwen3's q_pre, k_pre, q_rstd, k_rstd).
+  void attention_inner(BlockActivations& a, int64_t B, int64_t T, int64_t pos0, KVCache* cache, Phase phase,
+                       Keep keep);
 
   const LlamaConfig cfg_;
   Allocator& alloc_;
   const UnitLayout& layout_;
   int index_;
+  Recompute recompute_;
   int ln1_row_, ln2_row_;
   int qn_row_ = -1, kn_row_ = -1;  // Qwen3's q_norm / k_norm (-1: none)
   Tensor ln1_w_, ln2_w_, dln1_w_, dln2_w_;

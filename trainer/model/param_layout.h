@@ -41,6 +41,7 @@
 #include "trainer/core/dtype.h"
 #include "trainer/core/tensor.h"
 #include "trainer/model/config.h"
+#include "trainer/model/recompute.h"
 #include "trainer/peft/lora_options.h"
 #include "trainer/peft/quant_options.h"
 
@@ -59,6 +60,9 @@ struct ModelOptions {
   BaseQuant base_quant = BaseQuant::none;
   QatScheme qat = QatScheme::none;
   uint64_t seed = 0;  // initialisation of the LoRA A matrices
+  // What a training forward keeps and its backward rebuilds (recompute.h); no effect on
+  // the layout.
+  Recompute recompute = Recompute::none;
 };
 
 enum class ParamGroupKind : uint8_t { base, base_f32, adapters, nf4_codes, nf4_absmax, nf4_tables };
