@@ -18,6 +18,7 @@
 #include "kernels/ops.h"
 #include "launch/args.h"
 #include "launch/launcher.h"
+#include "launch/slurm.h"
 #include "parallel/data_parallel.h"
 #include "parallel/fake_communicator.h"
 #include "parallel/groups.h"
@@ -382,6 +383,7 @@ const std::vector<Verb>& verbs() {
       {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|q8_0] [--overwrite]",
        &kExportOptions, exits_0<run_export>},
       {"launch", kLaunchUsage, &launch_options(), [](const Args& a, Allocator&, Output, const RunContext&) { return run_launch(a); }},
+      {"slurm", kSlurmUsage, &slurm_options(), [](const Args& a, Allocator&, Output, const RunContext&) { return run_slurm(a); }},
   };
   return v;
 }

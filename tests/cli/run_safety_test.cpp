@@ -25,6 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::run_command;
 using testing::run_lmtune;
+const auto losses = testing::logged_losses;
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
@@ -48,18 +49,6 @@ std::vector<std::string> entries(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
   std::sort(v.begin(), v.end());
   return v;
-}
-
-// "step:loss" of every step line of a metrics file.
-std::vector<std::string> losses(const fs::path& run_dir) {
-  std::vector<std::string> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(std::to_string(j["step"].get<int64_t>()) + ":" + j["loss"].dump());
-  }
-  return out;
 }
 
 std::string tensor_bytes(const fs::path& file) {

@@ -12,6 +12,8 @@
 
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "trainer/data/tokenizer.h"
 #include "trainer/io/checkpoint.h"
 #include "trainer/io/llama2c.h"
@@ -173,6 +175,17 @@ RunResult wait_lmtune(const Background& b) {
   r.out = slurp(b.out);
   r.err = slurp(b.err);
   return r;
+}
+
+std::vector<std::string> logged_losses(const fs::path& run_dir) {
+  std::vector<std::string> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(std::to_string(j["step"].get<int64_t>()) + ":" + j["loss"].dump());
+  }
+  return out;
 }
 
 std::map<std::string, std::vector<float>> read_checkpoint_tensors(const fs::path& checkpoint_dir) {

@@ -60,6 +60,10 @@ Background start_lmtune(const std::string& args);
 // Waits for it; exit_code is 128 + N when signal N ended it, as a shell reports it.
 RunResult wait_lmtune(const Background& b);
 
+// "step:loss" of every step line of RUN_DIR/metrics.jsonl, in order (the loss as JSON wrote it,
+// every digit).
+std::vector<std::string> logged_losses(const std::filesystem::path& run_dir);
+
 // Every logical tensor of a training checkpoint (any layout, any format version), read
 // through CheckpointReader as f32 values, by name.
 std::map<std::string, std::vector<float>> read_checkpoint_tensors(const std::filesystem::path& checkpoint_dir);
