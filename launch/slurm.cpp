@@ -46,7 +46,9 @@ struct SlurmJob {
   std::string grace_why;  // how grace_s was chosen, for the comment
   Launcher launcher = Launcher::srun;
   std::string lmtune;                   // the binary, absolute
-  std::vector<std::string> train_args;  // after `lmtune train`
+  fs::path config;                      // absolute
+  std::optional<fs::path> plan;         // absolute
+  std::vector<std::string> overrides;
   std::string regenerate;               // the lmtune slurm command line
 };
 
@@ -148,7 +150,8 @@ std::string comment(const std::string& text) {
       out += "# " + line + "\n";
       line.clear();
     }
-    line += (line.empty() ? "" : " ") + w;
+    if (!line.empty()) line += ' ';
+    line += w;
   }
   if (!line.empty()) out += "# " + line + "\n";
   return out;
@@ -256,8 +259,10 @@ std::string render(const SlurmJob& j) {
     s << shell_quote(j.lmtune) << " launch --nnodes " << j.nodes << " --nproc-per-node " << j.tasks_per_node
       << " --threads \"$SLURM_CPUS_PER_TASK\" -- \\\n  train";
   }
-  for (const std::string& a : j.train_args) s << " " << shell_quote(a);
-  s << " --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n"
+  s << " " << shell_quote(j.config.string()) << " \\\n";
+  if (j.plan) s << "    --plan " << shell_quote(j.plan->string()) << " \\\n";
+  if (!j.overrides.empty()) s << "    " << join_quoted(j.overrides) << " \\\n";
+  s << "    --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n"
     << "step=$!\n"
     << "wait \"$step\"  # a trap that runs ends the script itself\n"
     << "exit $?\n";
@@ -367,9 +372,9 @@ int run_slurm(const Args& args) {
                  " ranks, which ", config.string(), " does not fit: ", e.what());
   }
   job.dp = laid_out.parallel.dp;
-  job.train_args = {config.string()};
-  if (!overlays.empty()) job.train_args.insert(job.train_args.end(), {"--plan", overlays[0].string()});
-  job.train_args.insert(job.train_args.end(), overrides.begin(), overrides.end());
+  job.config = config;
+  if (!overlays.empty()) job.plan = overlays[0];
+  job.overrides = overrides;
 
   std::string default_name = "lmtune-" + cfg.output.dir.filename().string();
   for (char& ch : default_name)

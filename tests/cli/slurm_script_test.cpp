@@ -80,8 +80,8 @@ TEST_F(SlurmScript, TheScriptSaysWhatTheJobNeeds) {
         "\nexport OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK\n", "\ntrap on_warning USR1\n", "\ntrap on_term TERM\n",
         "    scontrol requeue \"$SLURM_JOB_ID\"\n",
         "\nsrun --mpi=pmix --wait=60 --cpus-per-task=\"$SLURM_CPUS_PER_TASK\" \\\n  " + std::string(LMTUNE_BINARY) +
-            " train " + config_.string() + " --plan " + plan.string() +
-            " train.lr=0.001 --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n"})
+            " train " + config_.string() + " \\\n    --plan " + plan.string() +
+            " \\\n    train.lr=0.001 \\\n    --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n"})
     EXPECT_TRUE(has(s, line)) << "'" << line << "' not in:\n" << s;
   EXPECT_TRUE(has(s, "2 nodes x 4 tasks = 8 ranks, one task per rank (data parallelism over 8)")) << s;
   EXPECT_TRUE(has(s, "no checkpoint yet")) << s;
@@ -115,7 +115,7 @@ TEST_F(SlurmScript, MpirunLauncherRunsLmtuneLaunchInsideTheAllocation) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(has(r.out, "\n" + std::string(LMTUNE_BINARY) +
                              " launch --nnodes 3 --nproc-per-node 2 --threads \"$SLURM_CPUS_PER_TASK\" -- \\\n  train " +
-                             config_.string() + " --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n"))
+                             config_.string() + " \\\n    --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n"))
       << r.out;
   EXPECT_FALSE(has(r.out, "srun --mpi"));
 }
