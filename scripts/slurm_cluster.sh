@@ -66,6 +66,36 @@ spawn_in_node() {
   echo "$! $name" >>"$dir/pids"
 }
 
+# The nodes' namespaces. node1's end of a veth pair holds 192.0.2.1; the other end goes to
+# node2's namespace, or stays beside it with one node (an IPv4 address besides the
+# loopback's, without which the daemons' getaddrinfo(AI_ADDRCONFIG) finds no IPv4 at all).
+# Fails, leaving nothing behind, where namespaces or links cannot be made.
+make_network() {
+  local nodes=$1 other=1 n
+  ((nodes == 2)) && other=2
+  for n in $(seq 1 "$nodes"); do
+    ip netns add "$(ns_name "$n")" || { drop_network; return 1; }
+  done
+  {
+    ip link add "lmt${tag}a" type veth peer name "lmt${tag}b" &&
+      ip link set "lmt${tag}a" netns "$(ns_name 1)" &&
+      ip link set "lmt${tag}b" netns "$(ns_name "$other")" &&
+      ip -n "$(ns_name 1)" addr add 192.0.2.1/24 dev "lmt${tag}a" &&
+      { ((nodes == 1)) || ip -n "$(ns_name 2)" addr add 192.0.2.2/24 dev "lmt${tag}b"; } &&
+      ip -n "$(ns_name 1)" link set lo up &&
+      { ((nodes == 1)) || ip -n "$(ns_name 2)" link set lo up; } &&
+      ip -n "$(ns_name 1)" link set "lmt${tag}a" up &&
+      ip -n "$(ns_name "$other")" link set "lmt${tag}b" up
+  } || { drop_network; return 1; }
+}
+
+# Removes the namespaces (and so the veth pair).
+drop_network() {
+  local n
+  for n in 1 2; do ip netns del "$(ns_name "$n")" 2>/dev/null || true; done
+  ip link del "lmt${tag}a" 2>/dev/null || true
+}
+
 free_port() {
   /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -111,31 +141,17 @@ start() {
 
   # The network: one namespace per node, when this process may make them.
   local addrs=(127.0.0.1) port_ctld=6817 port_d=6818
-  if ip netns add "$(ns_name 1)" 2>"$dir/log/netns.err"; then
+  if make_network "$nodes" 2>"$dir/log/netns.err"; then
     touch "$dir/netns"
-    # node1's end of a veth pair holds 192.0.2.1; the other end goes to node2's namespace,
-    # or stays beside it with one node (an IPv4 address besides the loopback's, without
-    # which the daemons' getaddrinfo(AI_ADDRCONFIG) finds no IPv4 at all).
-    local other=1
-    ((nodes == 2)) && other=2 && ip netns add "$(ns_name 2)"
-    ip link add "lmt${tag}a" type veth peer name "lmt${tag}b"
-    ip link set "lmt${tag}a" netns "$(ns_name 1)"
-    ip link set "lmt${tag}b" netns "$(ns_name "$other")"
-    ip -n "$(ns_name 1)" addr add 192.0.2.1/24 dev "lmt${tag}a"
-    ((nodes == 2)) && ip -n "$(ns_name 2)" addr add 192.0.2.2/24 dev "lmt${tag}b"
-    local n
-    for n in $(seq 1 "$nodes"); do ip -n "$(ns_name "$n")" link set lo up; done
-    ip -n "$(ns_name 1)" link set "lmt${tag}a" up
-    ip -n "$(ns_name "$other")" link set "lmt${tag}b" up
     addrs=(192.0.2.1 192.0.2.2)
   elif ((nodes == 2)); then
-    echo "two nodes need two network namespaces, and 'ip netns add' failed here: $(cat "$dir/log/netns.err")" \
-      "(CAP_NET_ADMIN is needed)" >"$dir/unavailable"
+    echo "two nodes need two network namespaces, which cannot be made here (CAP_NET_ADMIN is needed):" \
+      "$(tr '\n' ' ' <"$dir/log/netns.err")" >"$dir/unavailable"
     rm -f "$dir/pids"
     log "$(cat "$dir/unavailable")"
     return 0
   else
-    log "no network namespace ('ip netns add' failed: $(cat "$dir/log/netns.err")); one node on free ports here"
+    log "no network namespace ($(tr '\n' ' ' <"$dir/log/netns.err")); one node on free ports here"
     port_ctld=$(free_port)
     port_d=$(free_port)
   fi
@@ -253,10 +269,7 @@ stop() {
       kill -KILL "${p#/proc/}" 2>/dev/null || true
     fi
   done
-  local n
-  for n in 1 2; do
-    ip netns del "$(ns_name "$n")" 2>/dev/null || true
-  done
+  drop_network
   rm -f "$dir/pids"
   log "stopped the cluster in $dir"
 }
