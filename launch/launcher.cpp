@@ -75,12 +75,6 @@ int hosts_in(const std::string& hostfile) {
   return n;
 }
 
-int positive(const Args& args, const char* name, int64_t fallback, int64_t lo, int64_t hi) {
-  const int64_t v = args.get_int(name, fallback);
-  LMTUNE_CHECK(v >= lo && v <= hi, "--", name, " ", v, " is out of range (", lo, "..", hi, ")");
-  return static_cast<int>(v);
-}
-
 int exit_code_of(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
@@ -161,12 +155,12 @@ LaunchRequest parse_launch_request(const Args& args) {
                  ": node rank 0 starts the ranks of every node through mpirun over ssh; list the nodes in "
                  "--hostfile and run the command on node rank 0 only");
   LaunchRequest r;
-  r.nproc_per_node = positive(args, "nproc-per-node", 1, 1, 4096);
-  r.nnodes = positive(args, "nnodes", 1, 1, 100000);
-  r.node_rank = positive(args, "node-rank", 0, 0, r.nnodes - 1);
+  r.nproc_per_node = args.get_int_in("nproc-per-node", 1, 1, 4096);
+  r.nnodes = args.get_int_in("nnodes", 1, 1, 100000);
+  r.node_rank = args.get_int_in("node-rank", 0, 0, r.nnodes - 1);
   r.hostfile = args.get_string("hostfile", "");
-  r.threads = positive(args, "threads", 0, 0, 4096);
-  r.grace_period_s = positive(args, "grace-period", kDefaultGracePeriod, 1, 3600);
+  r.threads = args.get_int_in("threads", 0, 0, 4096);
+  r.grace_period_s = args.get_int_in("grace-period", kDefaultGracePeriod, 1, 3600);
   r.log_dir = args.get_string("log-dir", "");
   r.command = args.positional();
   if (const auto p = args.get("program")) {

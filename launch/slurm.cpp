@@ -52,12 +52,6 @@ struct SlurmJob {
   std::string regenerate;               // the lmtune slurm command line
 };
 
-int in_range(const Args& args, const char* name, int64_t fallback, int64_t lo, int64_t hi) {
-  const int64_t v = args.get_int(name, fallback);
-  LMTUNE_CHECK(v >= lo && v <= hi, "--", name, " ", v, " is out of range (", lo, "..", hi, ")");
-  return static_cast<int>(v);
-}
-
 // A word Slurm takes as a name (job, partition, account): no spaces, no shell characters.
 std::string plain_word(const Args& args, const char* name, const std::string& fallback, bool commas) {
   const std::string v = args.get_string(name, fallback);
@@ -121,7 +115,7 @@ std::string seconds_text(double s) {
 // The warning time before the job's end (see the note in slurm.h).
 void choose_grace(SlurmJob& job, const TrainConfig& c, const Args& args) {
   if (args.get("grace")) {
-    job.grace_s = in_range(args, "grace", 0, 1, 65535);
+    job.grace_s = args.get_int_in("grace", 0, 1, 65535);
     job.grace_why = "set by --grace";
     return;
   }
@@ -344,12 +338,12 @@ int run_slurm(const Args& args) {
   }
 
   SlurmJob job;
-  job.nodes = in_range(args, "nodes", 1, 1, 100000);
-  job.gpus_per_node = in_range(args, "gpus-per-node", 0, 0, 1024);
-  job.tasks_per_node = in_range(args, "tasks-per-node", job.gpus_per_node, 0, 4096);
+  job.nodes = args.get_int_in("nodes", 1, 1, 100000);
+  job.gpus_per_node = args.get_int_in("gpus-per-node", 0, 0, 1024);
+  job.tasks_per_node = args.get_int_in("tasks-per-node", job.gpus_per_node, 0, 4096);
   LMTUNE_CHECK(job.tasks_per_node >= 1, "--gpus-per-node 0 needs --tasks-per-node T: the ranks per node");
   job.cpus_per_task_given = args.get("cpus-per-task").has_value();
-  job.cpus_per_task = in_range(args, "cpus-per-task", 1, 1, 4096);
+  job.cpus_per_task = args.get_int_in("cpus-per-task", 1, 1, 4096);
   job.time = args.get_string("time", "");
   const int64_t limit_s = parse_time_limit(job.time);
   job.partition = plain_word(args, "partition", "", true);

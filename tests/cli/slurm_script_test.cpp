@@ -19,7 +19,12 @@ namespace {
 namespace fs = std::filesystem;
 using testing::run_lmtune;
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) {
+  std::string s = "'";  // (not "'" + ...: GCC 12 warns -Wrestrict on that falsely)
+  s += p.string();
+  s += "'";
+  return s;
+}
 
 std::string read_text(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
@@ -34,11 +39,10 @@ class SlurmScript : public ::testing::Test {
     if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
     root_ = testing::temp_dir("lmtune-slurm-script");
     model_ = testing::write_tiny_train_model(root_ / "model");
-    std::ofstream(root_ / "a.txt") << "Once upon a time there was a little fox who lived in the woods. Every morning "
-                                      "the fox ran to the river to drink and to look at the fish.\n";
+    testing::write_fox_and_bear_texts(root_ / "data");
     config_ = root_ / "cfg.yaml";
     std::ofstream(config_) << "model: {path: " << model_.string() << "}\n"
-                           << "data: {train_files: [" << (root_ / "a.txt").string() << "], seq_len: 16}\n"
+                           << "data: {train_files: [" << (root_ / "data" / "*.txt").string() << "], seq_len: 16}\n"
                            << "train: {max_steps: 4, micro_batch_size: 1, eval_every: 0, sample_tokens: 0, "
                               "threads: 1}\n"
                            << "output: {dir: " << (root_ / "run").string() << "}\n";

@@ -136,6 +136,16 @@ fs::path hf_tokenizers_js_dir() {
   return d;
 }
 
+void write_fox_and_bear_texts(const fs::path& dir) {
+  fs::create_directories(dir);
+  std::ofstream(dir / "a.txt")
+      << "Once upon a time there was a little fox who lived in the woods. Every morning the fox ran to the "
+         "river to drink and to look at the fish. One day the fox met a bear, and they became friends.\n";
+  std::ofstream(dir / "b.txt")
+      << "The bear and the fox walked together through the forest. They found berries and honey, and they "
+         "shared everything. When winter came, the bear slept and the fox kept watch over the cave.\n";
+}
+
 RunResult run_command(const std::string& cmd) {
   const fs::path d = temp_dir("lmtune-run");
   const std::string full = cmd + " >" + (d / "out").string() + " 2>" + (d / "err").string();

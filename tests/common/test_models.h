@@ -40,6 +40,9 @@ std::filesystem::path hf_tokenizers_js_dir();
 // random weights (seed) and stories15M's tokenizer: fast enough to train in a test.
 std::filesystem::path write_tiny_train_model(const std::filesystem::path& dir, uint64_t seed = 11);
 
+// Two short stories (DIR/a.txt, DIR/b.txt; DIR is made) for the tiny model to train on.
+void write_fox_and_bear_texts(const std::filesystem::path& dir);
+
 struct RunResult {
   int exit_code;
   std::string out;  // stdout
