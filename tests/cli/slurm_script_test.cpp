@@ -117,10 +117,12 @@ TEST_F(SlurmScript, TheScriptSaysWhatTheJobNeeds) {
 TEST_F(SlurmScript, MpirunLauncherRunsLmtuneLaunchInsideTheAllocation) {
   const auto r = run_lmtune("slurm " + q(config_) + " --nodes 3 --gpus-per-node 2 --time 04:00:00 --launcher mpirun");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(has(r.out, "\n" + std::string(LMTUNE_BINARY) +
-                             " launch --nnodes 3 --nproc-per-node 2 --threads \"$SLURM_CPUS_PER_TASK\" -- \\\n  train " +
-                             config_.string() + " \\\n    --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n"))
-      << r.out;
+  std::string step = "\n";
+  step += LMTUNE_BINARY;
+  step += " launch --nnodes 3 --nproc-per-node 2 --threads \"$SLURM_CPUS_PER_TASK\" -- \\\n  train ";
+  step += config_.string();
+  step += " \\\n    --threads \"$SLURM_CPUS_PER_TASK\" train.resume_from=auto &\n";
+  EXPECT_TRUE(has(r.out, step)) << r.out;
   EXPECT_FALSE(has(r.out, "srun --mpi"));
 }
 
