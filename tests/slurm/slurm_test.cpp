@@ -4,8 +4,8 @@
 // submit jobs to it as a user would.
 //   SlurmOneNode (one node, this machine): a job written by `lmtune slurm --submit` trains
 //   and its run exports; the same with --launcher mpirun; a job requeued by `scontrol
-//   requeue` and one warned by `scancel --signal=USR1 --batch` resume and end with the
-//   losses and weights of a run that never stopped; `srun --mpi=pmix -n 2` directly; a bad
+//   requeue` and one warned by `scancel --signal=USR1 --batch` save, resume and end with
+//   the losses and weights of a run that never stopped; `srun --mpi=pmix -n 2` directly; a bad
 //   config fails at once with the message in the job's log.
 //   SlurmTwoNodes (two network namespaces, one slurmd each): a 2-node job trains with one
 //   rank per node over TCP, and so does `lmtune launch --nnodes 2 --hostfile`; both give
@@ -105,9 +105,10 @@ class SlurmTest : public ::testing::Test {
   virtual const Cluster& cluster() const = 0;
 
   // A LoRA config on the tiny model writing to `out`: one thread per rank, a loss logged
-  // every step, constant lr (so the schedule does not depend on max_steps).
-  fs::path config(const fs::path& out, int64_t max_steps) {
-    const fs::path file = root_ / ("cfg-" + std::to_string(configs_++) + ".yaml");
+  // every step, constant lr (so the schedule does not depend on max_steps). Written to
+  // `file` when given, else to a new file.
+  fs::path config(const fs::path& out, int64_t max_steps, fs::path file = {}) {
+    if (file.empty()) file = root_ / ("cfg-" + std::to_string(configs_++) + ".yaml");
     std::ofstream(file) << "model: {path: " << model_.string() << "}\n"
                         << "method: {type: lora, lora: {rank: 4, alpha: 8, target_modules: all-linear}}\n"
                         << "data: {format: text, train_files: [" << (root_ / "data" / "*.txt").string()
@@ -161,37 +162,49 @@ class SlurmOneNode : public SlurmTest {
     return c;
   }
 
-  // A job of `steps` steps stopped by `stop` (a command line given the job id) once it has
-  // logged a few steps: it is requeued, resumes from the checkpoint it saved and ends with
-  // the losses and weights of the reference run. Returns the job's log.
-  std::string stop_requeue_and_compare(int64_t steps, const std::string& stop, const std::string& signal) {
+  // A job stopped by `stop` (a command line given the job id) once it has logged a few
+  // steps saves step k and is requeued. Before it starts again (the requeue delay, 11 s on
+  // the test cluster) its config is given max_steps k + 20 (a key that may change on
+  // resume), so the job's length does not depend on how fast this machine is; the resumed
+  // job ends with the losses and weights of a run of k + 20 steps that never stopped.
+  // Returns the job's log.
+  std::string stop_requeue_and_compare(const std::string& stop, const std::string& signal) {
     const fs::path run = root_ / "run", ref = root_ / "reference";
-    const std::vector<std::string> expected = reference_losses(steps, ref);
-    const std::string id = submit(config(run, steps), "--nodes 1 --gpus-per-node 2 --time 00:10:00");
+    const fs::path cfg = config(run, 1000000);
+    const std::string id = submit(cfg, "--nodes 1 --gpus-per-node 2 --time 00:10:00");
     if (id.empty()) return {};
     EXPECT_TRUE(wait_for_step(run, 2)) << "the job did not train: " << cluster().job(id);
     const RunResult s = cluster().exec(stop + " " + id);
     EXPECT_EQ(s.exit_code, 0) << s.out << s.err;
+    // stopped after step k with a checkpoint
+    const std::regex stopped("lmtune: stopped by " + signal + " after step ([0-9]+); saved (" + run.string() +
+                             "/checkpoint-[0-9]+)");
+    const fs::path log_file = field(cluster().job(id), "StdOut");
+    std::smatch m;
+    std::string log;
+    for (const auto deadline = Clock::now() + std::chrono::seconds(60);
+         !std::regex_search(log = slurp(log_file), m, stopped) && Clock::now() < deadline;)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (m.size() != 3) {
+      ADD_FAILURE() << "no checkpoint saved on " << signal << ":\n" << log;
+      cluster().exec("scancel " + id);
+      return log;
+    }
+    const int64_t k = std::stoll(m[1].str());
+    const int64_t steps = k + 20;
+    config(run, steps, cfg);  // before the requeued job reads it
+    EXPECT_EQ(m[2].str(), (run / ("checkpoint-" + std::to_string(k))).string());
+    std::cout << "stopped after step " << k << "\n";
+
     const std::string line = wait_for_end(id);
-    const std::string log = log_of(line);
+    log = log_of(line);
     EXPECT_EQ(field(line, "JobState"), "COMPLETED") << line << "\n" << log;
     EXPECT_EQ(field(line, "Restarts"), "1") << line;
-    // stopped after step k with a checkpoint, and resumed from it
-    std::smatch m;
-    EXPECT_TRUE(std::regex_search(log, m, std::regex("lmtune: stopped by " + signal + " after step ([0-9]+); saved (" +
-                                                     run.string() + "/checkpoint-[0-9]+)")))
-        << log;
-    if (m.size() == 3) {
-      const int64_t k = std::stoll(m[1].str());
-      EXPECT_GT(k, 0);
-      EXPECT_LT(k, steps) << "the job ended before it was stopped; make the run longer";
-      std::cout << "stopped after step " << k << " of " << steps << "\n";
-      EXPECT_EQ(m[2].str(), (run / ("checkpoint-" + std::to_string(k))).string());
-      EXPECT_TRUE(has(log, "resumed from " + m[2].str() + " at step " + std::to_string(k))) << log;
-    }
     EXPECT_TRUE(has(log, "lmtune-slurm: job " + id + " (restart 1)")) << log;
-    EXPECT_EQ(logged_losses(run), expected);
+    EXPECT_TRUE(has(log, "resumed from " + m[2].str() + " at step " + std::to_string(k))) << log;
+    const std::vector<std::string> expected = reference_losses(steps, ref);
     EXPECT_EQ(expected.size(), static_cast<size_t>(steps));
+    EXPECT_EQ(logged_losses(run), expected);
     const std::string last = "checkpoint-" + std::to_string(steps);
     EXPECT_EQ(testing::read_checkpoint_tensors(run / last), testing::read_checkpoint_tensors(ref / last));
     return log;
@@ -243,14 +256,14 @@ TEST_F(SlurmOneNode, MpirunLauncherTrainsTheSame) {
 // the requeued job resumes from that checkpoint and ends bit-identical to a run that never
 // stopped.
 TEST_F(SlurmOneNode, ScontrolRequeueResumesBitIdentically) {
-  const std::string log = stop_requeue_and_compare(500, "scontrol requeue", "SIGTERM");
+  const std::string log = stop_requeue_and_compare("scontrol requeue", "SIGTERM");
   EXPECT_TRUE(has(log, "lmtune-slurm: SIGTERM")) << log;
 }
 
 // (2) The warning signal, as at the time limit: the script passes SIGUSR1 to the ranks,
 // they save, and the job requeues itself.
 TEST_F(SlurmOneNode, WarningSignalSavesAndRequeuesItself) {
-  const std::string log = stop_requeue_and_compare(500, "scancel --signal=USR1 --batch", "SIGUSR1");
+  const std::string log = stop_requeue_and_compare("scancel --signal=USR1 --batch", "SIGUSR1");
   EXPECT_TRUE(has(log, "lmtune-slurm: checkpoint saved; requeueing job")) << log;
 }
 
