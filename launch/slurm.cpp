@@ -27,8 +27,10 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr int kDefaultGraceSeconds = 300;  // no checkpoint measured yet
-constexpr int kSlurmSignalSlack = 60;      // Slurm sends --signal up to 60 s early, and its own margin
-// The first line of every script lmtune slurm writes: --out replaces only such a file.
+// Slurm sends --signal up to 60 s early; the grace adds as much for the ranks' exit and the requeue.
+constexpr int kSlurmSignalSlack = 60;
+// The second line (after #!/bin/bash) of every script lmtune slurm writes: --out replaces
+// only such a file.
 constexpr const char* kMarker = "# Slurm batch script for `lmtune train`, written by `lmtune slurm`.";
 
 enum class Launcher { srun, mpirun };
@@ -104,6 +106,14 @@ std::optional<double> last_step_seconds(const fs::path& metrics) {
       last = j["step_seconds"].get<double>();
   }
   return last;
+}
+
+// Makes `dir` (and its parents) or says why not, naming the option that chose it.
+void make_directory(const fs::path& dir, const char* option) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  LMTUNE_CHECK(!ec && fs::is_directory(dir), option, ": cannot create the directory '", dir.string(), "': ",
+               ec ? ec.message() : std::string("a file is in the way"));
 }
 
 std::string seconds_text(double s) {
@@ -391,8 +401,8 @@ int run_slurm(const Args& args) {
   const std::string text = render(job);
 
   if (!job.script) {
+    make_directory(job.log_dir, "--log-dir");  // Slurm does not make the log's directory
     std::cout << text;
-    fs::create_directories(job.log_dir);
     return 0;
   }
   const fs::path script = *job.script;
@@ -404,8 +414,8 @@ int run_slurm(const Args& args) {
     LMTUNE_CHECK(second == kMarker, "'", script.string(),
                  "' exists and is not a script lmtune slurm wrote; it is left alone (choose another --out)");
   }
-  fs::create_directories(job.log_dir);
-  if (!script.parent_path().empty()) fs::create_directories(script.parent_path());
+  make_directory(job.log_dir, "--log-dir");
+  make_directory(script.parent_path(), "--out");
   write_file_atomic(script, text);
   std::cerr << "lmtune slurm: wrote " << script.string() << "\n";
   if (!submitting) return 0;

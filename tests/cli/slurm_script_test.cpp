@@ -172,6 +172,8 @@ TEST_F(SlurmScript, BadInputIsRefusedBeforeAnythingIsWritten) {
   std::ofstream(plan) << "train: {micro_batch: 2}\n";
   expect_refused(ok + " --plan " + q(plan), {plan.string() + ":1: unknown key 'train.micro_batch'"});
   expect_refused(ok + " --plan " + q(root_ / "none.yaml"), {"config overlay", "none.yaml' does not exist"});
+  expect_refused(ok + " --log-dir " + q(config_ / "logs"), {"--log-dir: cannot create the directory '" +
+                                                              (config_ / "logs").string() + "'"});
   // --submit where there is no sbatch: said, after the script is written
   const auto r = testing::run_command("env PATH=/nonexistent " + std::string(LMTUNE_BINARY) + " slurm " +
                                       q(config_) + ok + " --log-dir " + q(root_ / "logs") + " --submit");
