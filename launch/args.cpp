@@ -74,6 +74,12 @@ int64_t Args::get_int(const std::string& name, int64_t fallback) const {
   return x;
 }
 
+int Args::get_int_in(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const {
+  const int64_t v = get_int(name, fallback);
+  LMTUNE_CHECK(v >= lo && v <= hi, "--", name, " ", v, " is out of range (", lo, "..", hi, ")");
+  return static_cast<int>(v);
+}
+
 double Args::get_double(const std::string& name, double fallback) const {
   const auto v = get(name);
   if (!v) return fallback;

@@ -29,6 +29,8 @@ class Args {
   std::optional<std::string> get(const std::string& name) const;
   std::string get_string(const std::string& name, const std::string& fallback) const;
   int64_t get_int(const std::string& name, int64_t fallback) const;
+  // get_int, checked to lie in [lo, hi] (the error names the option and the range).
+  int get_int_in(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const;
   double get_double(const std::string& name, double fallback) const;
 
  private:

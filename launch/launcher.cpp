@@ -52,24 +52,6 @@ std::vector<std::string> mpirun_settings(int grace_period_s) {
   return s;
 }
 
-std::string shell_quote(const std::string& s) {
-  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=/.,:@%") ==
-                        std::string::npos)
-    return s;
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string join_quoted(const std::vector<std::string>& argv) {
-  std::string line;
-  for (const auto& a : argv) {
-    if (!line.empty()) line += ' ';
-    line += shell_quote(a);
-  }
-  return line;
-}
-
 bool on_path(const std::string& name) {
   const char* path = std::getenv("PATH");
   if (path == nullptr) return false;
@@ -91,12 +73,6 @@ int hosts_in(const std::string& hostfile) {
     if (ls >> host && host[0] != '#') ++n;
   }
   return n;
-}
-
-int positive(const Args& args, const char* name, int64_t fallback, int64_t lo, int64_t hi) {
-  const int64_t v = args.get_int(name, fallback);
-  LMTUNE_CHECK(v >= lo && v <= hi, "--", name, " ", v, " is out of range (", lo, "..", hi, ")");
-  return static_cast<int>(v);
 }
 
 int exit_code_of(int status) {
@@ -131,6 +107,24 @@ pid_t spawn(const std::vector<std::string>& argv, const sigset_t& mask) {
 
 }  // namespace
 
+std::string shell_quote(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=/.,:@%") ==
+                        std::string::npos)
+    return s;
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string join_quoted(const std::vector<std::string>& argv) {
+  std::string line;
+  for (const auto& a : argv) {
+    if (!line.empty()) line += ' ';
+    line += shell_quote(a);
+  }
+  return line;
+}
+
 const char* const kLaunchUsage =
     "lmtune launch [--nproc-per-node N] [--nnodes M --node-rank R --hostfile FILE] [--threads T] "
     "[--grace-period S] [--log-dir DIR] [--dry-run] -- VERB ARGS...";
@@ -161,12 +155,12 @@ LaunchRequest parse_launch_request(const Args& args) {
                  ": node rank 0 starts the ranks of every node through mpirun over ssh; list the nodes in "
                  "--hostfile and run the command on node rank 0 only");
   LaunchRequest r;
-  r.nproc_per_node = positive(args, "nproc-per-node", 1, 1, 4096);
-  r.nnodes = positive(args, "nnodes", 1, 1, 100000);
-  r.node_rank = positive(args, "node-rank", 0, 0, r.nnodes - 1);
+  r.nproc_per_node = args.get_int_in("nproc-per-node", 1, 1, 4096);
+  r.nnodes = args.get_int_in("nnodes", 1, 1, 100000);
+  r.node_rank = args.get_int_in("node-rank", 0, 0, r.nnodes - 1);
   r.hostfile = args.get_string("hostfile", "");
-  r.threads = positive(args, "threads", 0, 0, 4096);
-  r.grace_period_s = positive(args, "grace-period", kDefaultGracePeriod, 1, 3600);
+  r.threads = args.get_int_in("threads", 0, 0, 4096);
+  r.grace_period_s = args.get_int_in("grace-period", kDefaultGracePeriod, 1, 3600);
   r.log_dir = args.get_string("log-dir", "");
   r.command = args.positional();
   if (const auto p = args.get("program")) {
@@ -177,9 +171,9 @@ LaunchRequest parse_launch_request(const Args& args) {
     LMTUNE_CHECK(!r.command.empty(), "lmtune launch needs the command each rank runs, after '--': ", kLaunchUsage);
     LMTUNE_CHECK(r.command[0] != "launch", "lmtune launch cannot launch 'launch'");
   }
-  if (r.nnodes > 1 && r.node_rank == 0) {
+  if (r.nnodes > 1 && r.node_rank == 0 && std::getenv("SLURM_JOB_ID") == nullptr) {
     LMTUNE_CHECK(!r.hostfile.empty(), "--nnodes ", r.nnodes, " needs --hostfile FILE listing the nodes (node rank 0 ",
-                 "starts every node's ranks over ssh)");
+                 "starts every node's ranks over ssh), or to run inside a Slurm allocation (mpirun takes its nodes)");
   }
   if (!r.hostfile.empty() && r.node_rank == 0) {
     const int hosts = hosts_in(r.hostfile);
@@ -193,9 +187,9 @@ std::vector<std::string> mpirun_command(const LaunchRequest& r, int node_cores) 
   std::vector<std::string> cmd = {"mpirun", "-np", std::to_string(r.nproc_per_node * r.nnodes)};
   const std::vector<std::string> settings = mpirun_settings(r.grace_period_s);
   cmd.insert(cmd.end(), settings.begin(), settings.end());
-  if (!r.hostfile.empty()) {
-    cmd.insert(cmd.end(), {"--hostfile", r.hostfile, "--map-by", "ppr:" + std::to_string(r.nproc_per_node) + ":node"});
-  }
+  if (!r.hostfile.empty()) cmd.insert(cmd.end(), {"--hostfile", r.hostfile});
+  if (!r.hostfile.empty() || r.nnodes > 1)
+    cmd.insert(cmd.end(), {"--map-by", "ppr:" + std::to_string(r.nproc_per_node) + ":node"});
   if (!r.log_dir.empty()) cmd.insert(cmd.end(), {"--output-filename", r.log_dir});
 
   // The ranks' environment: explicit, so that remote nodes get it too.

@@ -12,7 +12,8 @@
 // rank passed to MPI_Abort, or 0.
 //
 // Nodes: with --nnodes M > 1, node rank 0 starts the ranks of every node (mpirun over
-// ssh, the nodes listed in the hostfile, N per node). Other node ranks have nothing to
+// ssh, the nodes listed in the hostfile, N per node; inside a Slurm allocation, without a
+// hostfile, mpirun takes the allocation's nodes and starts its daemons with srun). Other node ranks have nothing to
 // do: they say so and exit 0, so torchrun-style scripts that run the same command on
 // every node still work. --master-addr / --master-port have no meaning here and are
 // rejected with that explanation.
@@ -75,5 +76,9 @@ std::vector<std::string> mpirun_command(const LaunchRequest& r, int node_cores);
 
 // Runs `lmtune launch`; returns the exit code for the launcher's process.
 int run_launch(const Args& args);
+
+// A word as a POSIX shell reads it back (quoted when it has to be), and a command line of them.
+std::string shell_quote(const std::string& s);
+std::string join_quoted(const std::vector<std::string>& argv);
 
 }  // namespace lmtune::cli

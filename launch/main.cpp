@@ -18,6 +18,7 @@
 #include "kernels/ops.h"
 #include "launch/args.h"
 #include "launch/launcher.h"
+#include "launch/slurm.h"
 #include "parallel/rank_model.h"
 #include "parallel/fake_communicator.h"
 #include "parallel/groups.h"
@@ -204,16 +205,20 @@ void run_tokenize(const Args& args, Allocator&, Output out) {
 // ---- train -----------------------------------------------------------------------------
 const std::vector<OptionSpec> kTrainOptions = with_common({
     {"quiet", false, "print nothing but errors"},
+    {"plan", true, "a config overlay (plan.yaml, as `lmtune plan` writes it): its keys override the file's, "
+                   "key=value overrides override both"},
 });
 
 // The config file and its overrides: the first positional is the file, the rest key=value.
 TrainConfig train_config_from(const Args& args) {
   const auto& pos = args.positional();
-  LMTUNE_CHECK(!pos.empty(), "usage: lmtune train CONFIG.yaml [key.sub=value ...]");
+  LMTUNE_CHECK(!pos.empty(), "usage: lmtune train CONFIG.yaml [--plan PLAN.yaml] [key.sub=value ...]");
   for (size_t i = 1; i < pos.size(); ++i)
     LMTUNE_CHECK(pos[i].find('=') != std::string::npos, "'", pos[i],
                  "' is not an override; overrides look like train.lr=1e-4 (the dotted key of the config, '=', a value)");
-  return load_train_config(pos[0], std::vector<std::string>(pos.begin() + 1, pos.end()));
+  std::vector<fs::path> overlays;
+  if (const auto plan = args.get("plan")) overlays.emplace_back(*plan);
+  return load_train_config(pos[0], std::vector<std::string>(pos.begin() + 1, pos.end()), overlays);
 }
 
 void print_memory_report(const MemoryStats& m, const MemoryStats& p, Device device, const char* what);
@@ -372,10 +377,11 @@ const std::vector<Verb>& verbs() {
        "lmtune tokenize MODEL_DIR (--text-file FILE | --text TEXT) [--json] [--literal-specials] [--bos] | "
        "(--decode IDS | --ids-file FILE)",
        &kTokenizeOptions, exits_0<run_tokenize>},
-      {"train", "lmtune train CONFIG.yaml [key.sub=value ...]", &kTrainOptions, run_train},
+      {"train", "lmtune train CONFIG.yaml [--plan PLAN.yaml] [key.sub=value ...]", &kTrainOptions, run_train},
       {"export", "lmtune export RUN_DIR --format hf|peft|gguf --out OUT [--dtype f32|f16|bf16|nf4|q8_0|q4_0] [--overwrite]",
        &kExportOptions, exits_0<run_export>},
       {"launch", kLaunchUsage, &launch_options(), [](const Args& a, Allocator&, Output, const RunContext&) { return run_launch(a); }},
+      {"slurm", kSlurmUsage, &slurm_options(), [](const Args& a, Allocator&, Output, const RunContext&) { return run_slurm(a); }},
   };
   return v;
 }

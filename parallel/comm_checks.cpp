@@ -9,14 +9,14 @@ namespace lmtune {
 namespace {
 
 bool reducible(DType t) { return t == DType::f32 || t == DType::i32; }
-bool movable(DType t) { return reducible(t) || t == DType::bf16 || t == DType::f16; }
+bool movable(DType t) { return reducible(t) || t == DType::bf16 || t == DType::f16 || t == DType::u8; }
 
 void check_tensor(const CommShape& c, const char* op, const Tensor& t) {
   LMTUNE_ASSERT(t.defined(), op, " of an undefined tensor on ", c.where);
   LMTUNE_ASSERT(t.device() == c.device, op, " of a tensor on ", t.device().str(), " on ", c.where, ", whose tensors live on ",
                 c.device.str());
   LMTUNE_ASSERT(movable(t.dtype()), op, " of a ", dtype_name(t.dtype()),
-                " tensor: communicators move f32, i32, bf16 and f16 tensors");
+                " tensor: communicators move f32, i32, bf16, f16 and u8 tensors");
   LMTUNE_CHECK(t.numel() <= INT_MAX, op, " of ", t.numel(), " elements on ", c.where,
                ": one collective moves at most 2^31 - 1 elements (MPI counts are int); split the buffer");
 }

@@ -1,7 +1,7 @@
 // Argument checks shared by every Communicator implementation (MPI, fake): written once,
 // so that a meta-device run rejects exactly what a real run rejects.
 //   * Tensors are defined and on the communicator's device; element counts fit MPI's int.
-//   * Reductions take f32 or i32; data movement (gather, broadcast, send/recv) also bf16/f16.
+//   * Reductions take f32 or i32; data movement (gather, broadcast, send/recv) also bf16/f16/u8.
 //   * reduce_scatter: in has size * n elements, out n, same dtype; out is either disjoint
 //     from in or exactly chunk rank() of in. all_gather mirrors it.
 //   * Peers and roots are ranks of the communicator; tags are in [0, kMaxTag].

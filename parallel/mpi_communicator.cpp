@@ -24,6 +24,7 @@ MPI_Datatype mpi_type(DType t) {
     case DType::i32: return MPI_INT32_T;
     case DType::bf16:
     case DType::f16: return MPI_UINT16_T;  // moved, never reduced
+    case DType::u8: return MPI_UINT8_T;    // NF4 codes and absmax codes: moved, never reduced
     default: break;
   }
   LMTUNE_ASSERT(false, "no MPI type for ", dtype_name(t));

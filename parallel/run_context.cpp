@@ -207,13 +207,6 @@ std::optional<int> rank_from_environment() {
   return std::nullopt;
 }
 
-int usable_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
 int default_threads_per_rank(const RunContext& ctx) {
   if (ctx.world <= 1 || std::getenv("OMP_NUM_THREADS") != nullptr) return 0;
   return std::max(1, usable_cores() / std::max(1, ctx.local_world));

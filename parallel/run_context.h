@@ -41,8 +41,6 @@ int slurm_total_tasks(const std::string& tasks_per_node, const char* variable);
 // cores this process may run on divided by the ranks on this node, at least 1 — so ranks
 // started by a plain mpirun or srun do not oversubscribe their node.
 int default_threads_per_rank(const RunContext& ctx);
-// Cores this process may run on (its CPU affinity mask).
-int usable_cores();
 
 // The ranks' half of `lmtune launch`'s signal relay (launch/launcher.h): mpirun will not
 // forward SIGTERM, so the launcher sends SIGUSR2, which mpirun forwards; in a process

@@ -10,12 +10,17 @@ FlatBuffer make_flat_buffer(const ModelLayout& layout, const std::vector<std::pa
   LMTUNE_ASSERT(ranks >= 1, "a flat buffer over ", ranks, " ranks");
   FlatBuffer f;
   f.ranks = ranks;
+  int64_t quantum = 1;  // a chunk is a multiple of every segment's shard quantum (NF4: whole blocks)
   for (const auto& [unit, group] : segments) {
-    const int64_t n = layout.units[unit].groups[group].numel;
-    f.segments.push_back({unit, group, f.numel, n});
-    f.numel += n;
+    const ParamGroup& g = layout.units[unit].groups[group];
+    LMTUNE_ASSERT(segments.size() == 1 || g.shard_quantum == 1, "a flat buffer of several groups, one of them with a "
+                  "shard quantum of ", g.shard_quantum);
+    quantum = std::max(quantum, g.shard_quantum);
+    f.segments.push_back({unit, group, f.numel, g.numel});
+    f.numel += g.numel;
   }
-  f.padded = (f.numel + ranks - 1) / ranks * ranks;
+  const int64_t step = quantum * ranks;
+  f.padded = (f.numel + step - 1) / step * step;
   return f;
 }
 

@@ -2,8 +2,9 @@
 //
 // ZeRO keeps state as flat buffers made of consecutive (unit, parameter group) segments —
 // a gradient bucket's trainable groups (stages 1 and 2), or one group of one unit (stage
-// 3) — padded with zeros to a multiple of the group's size, so that rank r holds the
-// chunk [r c, (r + 1) c) with c = padded / ranks; collectives then move equal chunks. A
+// 3) — padded with zeros to a multiple of the group's size (times the group's shard
+// quantum: an NF4 codes group is split on whole blocks), so that rank r holds the chunk
+// [r c, (r + 1) c) with c = padded / ranks; collectives then move equal chunks. A
 // chunk cuts through the logical parameters (rows of the layout table) anywhere: row_spans
 // says which rows, and which elements of each, a range of the flat buffer holds — the
 // pieces an optimizer updates, a checkpoint names by (row, first element), and a loader

@@ -4,7 +4,9 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ pkg-config libeigen3-dev libyaml-cpp-dev libopenmpi-dev openmpi-bin
       nlohmann-json3-dev libopenblas-dev libgtest-dev python3-torch python3-numpy openssl
-      libpcre2-dev libicu-dev python3-jinja2)
+      libpcre2-dev libicu-dev python3-jinja2
+      # the Slurm tests (scripts/slurm_cluster.sh): a real Slurm 22.05 with PMIx, munge, ip netns
+      slurmd slurmctld slurm-client munge libpmix-dev iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

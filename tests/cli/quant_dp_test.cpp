@@ -1,5 +1,6 @@
-// QLoRA and QAT under data parallelism: `lmtune launch --nproc-per-node 2 -- train` (dp 2,
-// half the micro-batch per rank) computes the losses one process computes (relative error
+// QLoRA and QAT under data parallelism and ZeRO-3: `lmtune launch --nproc-per-node 2 --
+// train` (dp 2, half the micro-batch per rank; also with parallel.zero=3, which shards the
+// NF4 storage on whole blocks) computes the losses one process computes (relative error
 // <= 1e-5 at every step), and every rank's meta-device prediction in memory.json equals
 // what that rank measured, to the byte.
 //
@@ -19,27 +20,18 @@
 #include <nlohmann/json.hpp>
 
 #include "common/test_models.h"
+#include "common/train_runs.h"
 
 namespace lmtune {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) { return testing::quoted(p); }
 
-std::vector<double> losses(const fs::path& run) {
-  std::vector<double> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
-
-void expect_dp2_matches_one_process(const std::string& method, const std::string& qat, double later_tol = 1e-5) {
-  SCOPED_TRACE(method + ", qat " + qat);
+void expect_dp2_matches_one_process(const std::string& method, const std::string& qat, double later_tol = 1e-5,
+                                    const std::string& parallel = "") {
+  SCOPED_TRACE(method + ", qat " + qat + " " + parallel);
   const fs::path root = testing::temp_dir("lmtune-quant-dp");
   const fs::path model = testing::write_tiny_train_model(root / "model");
   {
@@ -58,9 +50,9 @@ void expect_dp2_matches_one_process(const std::string& method, const std::string
   const auto one = testing::run_lmtune("train " + cfg + " --quiet");
   ASSERT_EQ(one.exit_code, 0) << one.err;
   const auto two = testing::run_lmtune("launch --nproc-per-node 2 -- train " + cfg + " --quiet parallel.dp=2 "
-                                       "train.micro_batch_size=2 output.dir=" + q(root / "two"));
+                                       "train.micro_batch_size=2 output.dir=" + q(root / "two") + " " + parallel);
   ASSERT_EQ(two.exit_code, 0) << two.err;
-  const std::vector<double> a = losses(root / "one"), b = losses(root / "two");
+  const std::vector<double> a = testing::read_losses(root / "one"), b = testing::read_losses(root / "two");
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), a.size());
   double worst = 0;
@@ -70,12 +62,11 @@ void expect_dp2_matches_one_process(const std::string& method, const std::string
     worst = std::max(worst, rel);
   }
   EXPECT_LT(a.back(), a.front()) << "the loss did not go down";
-  const auto memory = nlohmann::json::parse(std::ifstream(root / "two" / "memory.json"));
-  ASSERT_EQ(memory.size(), 2u);
-  for (const auto& r : memory) {
-    EXPECT_EQ(r["peak_allocated"], r["predicted_peak_allocated"]) << "rank " << r["rank"];
-    EXPECT_EQ(r["by_category"], r["predicted_by_category"]) << "rank " << r["rank"];
-  }
+  testing::TrainRun run;
+  run.dir = root / "two";
+  run.memory = nlohmann::json::parse(std::ifstream(root / "two" / "memory.json"));
+  testing::expect_memory_predicted_exactly(run, 2);
+  const nlohmann::json& memory = run.memory;
   std::printf("[ %s qat %s ] dp 2 vs one process: worst loss rel error %.2e; per-rank prediction exact (%lld bytes)\n",
               method.c_str(), qat.c_str(), worst, static_cast<long long>(memory[0]["peak_allocated"].get<int64_t>()));
 }
@@ -89,6 +80,12 @@ TEST(QuantDataParallel, QatUnderDp2MatchesOneProcess) {
   if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
   expect_dp2_matches_one_process("lora", "q4_0");
   expect_dp2_matches_one_process("full", "q4_0", 3e-3);
+}
+
+TEST(QuantDataParallel, QloraAndQatUnderZero3MatchOneProcess) {
+  if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
+  expect_dp2_matches_one_process("qlora", "none", 1e-5, "parallel.zero=3");
+  expect_dp2_matches_one_process("lora", "q4_0", 1e-5, "parallel.zero=3");
 }
 
 }  // namespace

@@ -25,6 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::run_command;
 using testing::run_lmtune;
+const auto losses = testing::logged_losses;
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
@@ -50,18 +51,6 @@ std::vector<std::string> entries(const fs::path& dir) {
   return v;
 }
 
-// "step:loss" of every step line of a metrics file.
-std::vector<std::string> losses(const fs::path& run_dir) {
-  std::vector<std::string> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(std::to_string(j["step"].get<int64_t>()) + ":" + j["loss"].dump());
-  }
-  return out;
-}
-
 std::string tensor_bytes(const fs::path& file) {
   const SafeTensorsReader r = SafeTensorsReader::open(file);
   std::string all;
@@ -79,13 +68,7 @@ class RunSafety : public ::testing::Test {
     if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
     root_ = testing::temp_dir("lmtune-safety");
     model_ = testing::write_tiny_train_model(root_ / "model");
-    fs::create_directories(root_ / "data");
-    write_text(root_ / "data" / "a.txt",
-               "Once upon a time there was a little fox who lived in the woods. Every morning the fox ran to the "
-               "river to drink and to look at the fish. One day the fox met a bear, and they became friends.\n");
-    write_text(root_ / "data" / "b.txt",
-               "The bear and the fox walked together through the forest. They found berries and honey, and they "
-               "shared everything. When winter came, the bear slept and the fox kept watch over the cave.\n");
+    testing::write_fox_and_bear_texts(root_ / "data");
   }
 
   // A LoRA config writing to `out`; constant lr, so the schedule does not depend on max_steps.

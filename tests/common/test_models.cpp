@@ -12,6 +12,8 @@
 
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "trainer/data/tokenizer.h"
 #include "trainer/io/checkpoint.h"
 #include "trainer/io/llama2c.h"
@@ -134,6 +136,16 @@ fs::path hf_tokenizers_js_dir() {
   return d;
 }
 
+void write_fox_and_bear_texts(const fs::path& dir) {
+  fs::create_directories(dir);
+  std::ofstream(dir / "a.txt")
+      << "Once upon a time there was a little fox who lived in the woods. Every morning the fox ran to the "
+         "river to drink and to look at the fish. One day the fox met a bear, and they became friends.\n";
+  std::ofstream(dir / "b.txt")
+      << "The bear and the fox walked together through the forest. They found berries and honey, and they "
+         "shared everything. When winter came, the bear slept and the fox kept watch over the cave.\n";
+}
+
 RunResult run_command(const std::string& cmd) {
   const fs::path d = temp_dir("lmtune-run");
   const std::string full = cmd + " >" + (d / "out").string() + " 2>" + (d / "err").string();
@@ -173,6 +185,17 @@ RunResult wait_lmtune(const Background& b) {
   r.out = slurp(b.out);
   r.err = slurp(b.err);
   return r;
+}
+
+std::vector<std::string> logged_losses(const fs::path& run_dir) {
+  std::vector<std::string> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(std::to_string(j["step"].get<int64_t>()) + ":" + j["loss"].dump());
+  }
+  return out;
 }
 
 std::map<std::string, std::vector<float>> read_checkpoint_tensors(const fs::path& checkpoint_dir) {

@@ -40,6 +40,9 @@ std::filesystem::path hf_tokenizers_js_dir();
 // random weights (seed) and stories15M's tokenizer: fast enough to train in a test.
 std::filesystem::path write_tiny_train_model(const std::filesystem::path& dir, uint64_t seed = 11);
 
+// Two short stories (DIR/a.txt, DIR/b.txt; DIR is made) for the tiny model to train on.
+void write_fox_and_bear_texts(const std::filesystem::path& dir);
+
 struct RunResult {
   int exit_code;
   std::string out;  // stdout
@@ -59,6 +62,10 @@ struct Background {
 Background start_lmtune(const std::string& args);
 // Waits for it; exit_code is 128 + N when signal N ended it, as a shell reports it.
 RunResult wait_lmtune(const Background& b);
+
+// "step:loss" of every step line of RUN_DIR/metrics.jsonl, in order (the loss as JSON wrote it,
+// every digit).
+std::vector<std::string> logged_losses(const std::filesystem::path& run_dir);
 
 // Every logical tensor of a training checkpoint (any layout, any format version), read
 // through CheckpointReader as f32 values, by name.

@@ -745,5 +745,79 @@ TEST_F(TrainConfigTest, BadSeveralProblemsAreReportedTogether) {
   EXPECT_NE(msg.find("train.log_every"), std::string::npos) << msg;
 }
 
+// ---------------------------------------------------------------------------------------
+// Overlays (lmtune train --plan): after the file, before the overrides.
+
+TEST_F(TrainConfigTest, OverlayMergesSectionsAndReplacesValues) {
+  const fs::path cfg = write("o.yaml", replace(minimal(), "max_steps: 100", "max_steps: 100\n  lr: 0.01") +
+                                           "method:\n  lora:\n    rank: 8\n    alpha: 32\n"
+                                           "    target_modules: [q, k, v]\n");
+  const fs::path plan = write("plan.yaml",
+                              "# written by the planner\n"
+                              "parallel: {dp: 4}\n"
+                              "train: {micro_batch_size: 2, grad_accum_steps: 4}\n"
+                              "method: {lora: {rank: 16, target_modules: [o]}}\n");
+  const TrainConfig c = load_train_config(cfg, {"train.grad_accum_steps=3"}, {plan});
+  EXPECT_EQ(c.parallel.dp, 4);
+  EXPECT_EQ(c.train.micro_batch_size, 2);
+  EXPECT_EQ(c.train.grad_accum_steps, 3) << "an override comes after the overlay";
+  EXPECT_DOUBLE_EQ(c.train.lr, 0.01) << "keys the overlay does not name keep the file's value";
+  EXPECT_EQ(*c.train.max_steps, 100);
+  EXPECT_EQ(c.method.lora.rank, 16);
+  EXPECT_DOUBLE_EQ(c.method.lora.alpha, 32.0) << "a mapping merges into its section";
+  EXPECT_EQ(c.method.lora.target_modules, (std::vector<LoraTarget>{LoraTarget::o})) << "a list replaces";
+  // an empty overlay changes nothing
+  EXPECT_EQ(load_train_config(cfg, {}, {write("empty.yaml", "# nothing\n")}), load_train_config(cfg, {}));
+}
+
+TEST_F(TrainConfigTest, BadOverlayUnknownKeyNamesTheOverlayFile) {
+  const fs::path cfg = write("good.yaml", minimal());
+  const fs::path plan = write("plan.yaml", "parallel: {dp: 2}\ntrain:\n  micro_batch: 2\nparalel: {dp: 2}\n");
+  try {
+    load_train_config(cfg, {}, {plan});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(plan.string() + ":3: unknown key 'train.micro_batch'; did you mean 'train.micro_batch_size'?"),
+              std::string::npos) << m;
+    EXPECT_NE(m.find(plan.string() + ":4: unknown key 'paralel'; did you mean 'parallel'?"), std::string::npos) << m;
+  }
+}
+
+TEST_F(TrainConfigTest, BadOverlayValueIsReportedAtTheOverlaysLine) {
+  const fs::path cfg = write("good.yaml", minimal());
+  const fs::path plan = write("plan.yaml", "parallel:\n  dp: 0\n");
+  try {
+    load_train_config(cfg, {}, {plan});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(plan.string() + ":2: parallel.dp: expected an integer >= 1 or 'auto'"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TrainConfigTest, BadOverlayIsNotAConfig) {
+  const fs::path cfg = write("good.yaml", minimal());
+  const auto message = [&](const std::string& text) {
+    try {
+      load_train_config(cfg, {}, {write("plan.yaml", text)});
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "expected an error for the overlay:\n" << text;
+    return std::string();
+  };
+  EXPECT_NE(message("- dp: 2\n").find("plan.yaml:1: expected a mapping of sections"), std::string::npos);
+  EXPECT_NE(message("train: {lr: [1, 2}\n").find("plan.yaml:1:"), std::string::npos);
+  EXPECT_NE(message("train: {lr: [1, 2}\n").find("YAML syntax error"), std::string::npos);
+  try {
+    load_train_config(cfg, {}, {dir_ / "no-plan.yaml"});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config overlay '" + (dir_ / "no-plan.yaml").string() + "' does not exist"),
+              std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace lmtune

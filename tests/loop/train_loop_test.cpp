@@ -43,13 +43,7 @@ class TrainLoop : public ::testing::Test {
     if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
     root_ = testing::temp_dir("lmtune-train");
     model_ = make_tiny_model(root_ / "model");
-    fs::create_directories(root_ / "data");
-    std::ofstream(root_ / "data" / "a.txt")
-        << "Once upon a time there was a little fox who lived in the woods. Every morning the fox ran to the "
-           "river to drink and to look at the fish. One day the fox met a bear, and they became friends.\n";
-    std::ofstream(root_ / "data" / "b.txt")
-        << "The bear and the fox walked together through the forest. They found berries and honey, and they "
-           "shared everything. When winter came, the bear slept and the fox kept watch over the cave.\n";
+    testing::write_fox_and_bear_texts(root_ / "data");
   }
 
   std::string config_yaml(const std::string& method, const fs::path& out) const {
@@ -78,17 +72,6 @@ class TrainLoop : public ::testing::Test {
     return train(c, *alloc, Progress::quiet, log);
   }
 
-  static std::vector<std::string> losses(const fs::path& run_dir) {
-    std::vector<std::string> out;
-    std::ifstream in(run_dir / "metrics.jsonl");
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("loss")) out.push_back(std::to_string(j["step"].get<int64_t>()) + ":" + j["loss"].dump());
-    }
-    return out;
-  }
-
 
   void expect_resume_is_exact(const std::string& method) {
     const fs::path a = root_ / (method + "-a"), b = root_ / (method + "-b");
@@ -100,7 +83,7 @@ class TrainLoop : public ::testing::Test {
     fs::copy(a / "checkpoint-20", b / "checkpoint-20", fs::copy_options::recursive);
     run(config(method, b, {"train.resume_from=auto"}));
 
-    const auto la = losses(a), lb = losses(b);
+    const auto la = testing::logged_losses(a), lb = testing::logged_losses(b);
     ASSERT_EQ(la.size(), 40u);
     ASSERT_EQ(lb.size(), 20u) << "the resumed run logs steps 21..40";
     for (size_t i = 0; i < 20; ++i) EXPECT_EQ(lb[i], la[20 + i]) << "step " << 21 + i;

@@ -26,13 +26,7 @@ class TrainSafety : public ::testing::Test {
     if (testing::stories15m_llama2c_dir().empty()) GTEST_SKIP() << "stories15M (its tokenizer) not fetched";
     root_ = testing::temp_dir("lmtune-train-safety");
     model_ = testing::write_tiny_train_model(root_ / "model");
-    fs::create_directories(root_ / "data");
-    std::ofstream(root_ / "data" / "a.txt")
-        << "Once upon a time there was a little fox who lived in the woods. Every morning the fox ran to the "
-           "river to drink and to look at the fish. One day the fox met a bear, and they became friends.\n";
-    std::ofstream(root_ / "data" / "b.txt")
-        << "The bear and the fox walked together through the forest. They found berries and honey, and they "
-           "shared everything. When winter came, the bear slept and the fox kept watch over the cave.\n";
+    testing::write_fox_and_bear_texts(root_ / "data");
   }
 
   TrainConfig config(const fs::path& out, std::vector<std::string> overrides = {}) {

@@ -43,7 +43,7 @@ TEST(Clip, ScalesToTheMaxNormOnlyWhenAbove) {
   Tensor g2 = Tensor::zeros(*a, {1}, DType::f32, MemCategory::grads);
   g1.data<float>()[0] = 3.0f;
   g2.data<float>()[0] = 4.0f;  // global norm 5
-  const std::vector<ParamRef> params = {{"a", g1, g1}, {"b", g2, g2}};
+  const std::vector<ParamRef> params = {{"a", g1, g1, {}, 0}, {"b", g2, g2, {}, 0}};
   EXPECT_DOUBLE_EQ(clip_grad_norm(params, 10.0), 5.0);
   EXPECT_FLOAT_EQ(g1.data<float>()[0], 3.0f);  // below the max: untouched
   EXPECT_DOUBLE_EQ(clip_grad_norm(params, 1.0), 5.0);
@@ -60,7 +60,7 @@ TEST(AdamW, FirstStepMovesEachWeightByLrTimesTheSignOfItsGradient) {
   float* gp = g.data<float>();
   wp[0] = 1.0f, wp[1] = -2.0f, wp[2] = 0.5f;
   gp[0] = 0.3f, gp[1] = -7.0f, gp[2] = 0.0f;
-  AdamW opt({{"w", w, g}}, *a, {0.9, 0.999, 1e-8, 0.1});
+  AdamW opt({{"w", w, g, {}, 0}}, *a, {0.9, 0.999, 1e-8, 0.1});
   opt.step(0.01);
   // bias-corrected m/sqrt(v) = sign(g) on step 1; decay p -= lr * wd * p
   EXPECT_NEAR(wp[0], 1.0 - 0.01 * 0.1 * 1.0 - 0.01, 1e-6);

@@ -52,7 +52,7 @@ class Communicator {
   // "mpi", "fake", "local" — for messages and reports.
   virtual std::string backend() const = 0;
 
-  // ---- tensor collectives (f32, i32, bf16 or f16; sum/max/min for f32 and i32 only) ----
+  // ---- tensor collectives (f32, i32, bf16, f16 or u8; sum/max/min for f32 and i32 only) ----
   // t = op over ranks of t, in place.
   virtual CommHandle all_reduce_async(Tensor& t, ReduceOp op) = 0;
   // in (size * n) -> out (n): rank r gets chunk r of the reduction. out may be chunk r of in.

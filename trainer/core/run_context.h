@@ -15,4 +15,8 @@ struct RunContext {
   bool writer() const { return rank == 0; }  // the one rank that writes the run directory
 };
 
+// The cores this process may run on (its CPU affinity mask: what Slurm, taskset or a
+// container leave it), at least 1.
+int usable_cores();
+
 }  // namespace lmtune

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cerrno>
 #include <cstring>
@@ -39,12 +41,13 @@ std::string hex64(uint64_t v) {
   return buf;
 }
 
-json state_json(const TrainerState& s) {
+json state_json(const TrainerState& s, double save_seconds) {
   json st = {{"format_version", kFormatVersion},
              {"step", s.step},
              {"adam_steps", s.adam_steps},
              {"loader", {{"epoch", s.loader.epoch}, {"position", s.loader.position}}}};
   if (s.train_data) st["train_data"] = {{"rows", s.train_data->rows}, {"hash", hex64(s.train_data->hash)}};
+  st["save_seconds"] = save_seconds;
   return st;
 }
 
@@ -72,6 +75,19 @@ TrainerState read_trainer_state(const fs::path& dir) {
                    file.string(), "': train_data.hash '", h, "' is not 16 hex digits");
       s.train_data = DataFingerprint{st.at("train_data").at("rows").get<int64_t>(), std::stoull(h, nullptr, 16)};
     }
+    return s;
+  } catch (const json::exception& e) {
+    LMTUNE_THROW("'", file.string(), "' is not a valid trainer state: ", e.what());
+  }
+}
+
+std::optional<double> checkpoint_save_seconds(const fs::path& dir) {
+  const fs::path file = dir / kStateName;
+  try {
+    const json st = json::parse(read_file_to_string(file, kStateName));
+    if (!st.contains("save_seconds")) return std::nullopt;
+    const double s = st.at("save_seconds").get<double>();
+    LMTUNE_CHECK(std::isfinite(s) && s >= 0, "'", file.string(), "': save_seconds ", s, " is not a duration");
     return s;
   } catch (const json::exception& e) {
     LMTUNE_THROW("'", file.string(), "' is not a valid trainer state: ", e.what());
@@ -136,6 +152,7 @@ std::vector<ParamRef> even_share(const std::vector<ParamRef>& whole, int rank, i
 
 fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamRef>& mine, const TrainerState& state,
                          const std::string& config_yaml, const RunContext& run, Communicator& world) {
+  const auto t0 = std::chrono::steady_clock::now();
   const fs::path final_dir = run_dir / ("checkpoint-" + std::to_string(state.step));
   // 1. the staging directory, made by the writer
   std::optional<AtomicDirectory> dir;
@@ -186,7 +203,8 @@ fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamRef>& m
     }
     const json index = {{"format_version", kFormatVersion}, {"world", world.size()}, {"tensors", tensors}};
     write_file_atomic(staging / kIndexName, index.dump(1) + "\n");
-    write_file_atomic(staging / kStateName, state_json(state).dump(2) + "\n");
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    write_file_atomic(staging / kStateName, state_json(state, seconds).dump(2) + "\n");
     write_file_atomic(staging / "config.yaml", config_yaml);
     fsync_dir(staging);
     dir->commit();

@@ -5,7 +5,8 @@
 //                                      logical tensors, key "<name>@<start>" (1-D)
 //   index.json                         every logical tensor: shape, dtype, and its pieces
 //                                      [{file, key, start, numel}] covering it exactly once
-//   trainer_state.json                 step, optimizer step count, data loader position
+//   trainer_state.json                 step, optimizer step count, data loader position, and
+//                                      how long the save took (save_seconds)
 //   config.yaml                        the resolved config of the run
 // Tensors are named logically — the trainable parameters by their HF names, AdamW's moments
 // "<param>.exp_avg" / "<param>.exp_avg_sq" as torch names them — and never by how a layout
@@ -124,6 +125,11 @@ TrainerState load_checkpoint(const std::filesystem::path& checkpoint_dir, const 
 std::vector<std::string> checkpoint_tensor_names(const ModelLayout& layout);
 // Reads only trainer_state.json (no tensors).
 TrainerState read_trainer_state(const std::filesystem::path& checkpoint_dir);
+// How long writing the checkpoint took, in seconds, as trainer_state.json records it: the
+// writer rank's time from the start of save_checkpoint to the writing of that file (every
+// rank's shard written by then). nullopt for checkpoints written before it was recorded.
+// `lmtune slurm` sizes the warning before a job's end from it.
+std::optional<double> checkpoint_save_seconds(const std::filesystem::path& checkpoint_dir);
 // The checkpoint with the highest step in run_dir, if any.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
 // The names of the files save_checkpoint writes into a checkpoint directory (any format

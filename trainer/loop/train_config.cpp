@@ -184,22 +184,31 @@ class Context {
 
   const std::string& source() const { return source_; }
 
-  void note_override(const std::string& key, const std::string& text) { overrides_[key] = text; }
+  // Where the value of `key` (and of everything under it) came from, when not from the file:
+  // an override (named in messages), or an overlay file (whose lines the messages give).
+  struct Origin {
+    std::string file;      // the file the value's line numbers refer to
+    std::string override;  // the override's text; empty for an overlay
+  };
+  void note_origin(const std::string& key, Origin origin) { origins_[key] = std::move(origin); }
 
-  // "<file>:<line>: <key>: <problem>" (no line where the value came from an override or
-  // is missing; the override is named at the end).
+  // "<file>:<line>: <key>: <problem>": the file the value came from, with the line where the
+  // YAML has one (not for an override, which is named at the end instead).
   void fail(const std::string& key, const YAML::Mark& mark, const std::string& problem) {
-    std::string where = source_;
-    const std::string* from_override = override_for(key);
-    if (from_override == nullptr && !mark.is_null()) where += ":" + std::to_string(mark.line + 1);
+    const Origin* origin = origin_of(key);
+    std::string where = origin != nullptr ? origin->file : source_;
+    const bool from_override = origin != nullptr && !origin->override.empty();
+    if (!from_override && !mark.is_null()) where += ":" + std::to_string(mark.line + 1);
     std::string msg = where + ": " + (key.empty() ? std::string() : key + ": ") + problem;
-    if (from_override != nullptr) msg += " (from the override '" + *from_override + "')";
+    if (from_override) msg += " (from the override '" + origin->override + "')";
     errors_.push_back(std::move(msg));
   }
   void fail(const std::string& key, const YAML::Node& node, const std::string& problem) {
     fail(key, node.IsDefined() ? node.Mark() : YAML::Mark::null_mark(), problem);
   }
   void fail_plain(const std::string& message) { errors_.push_back(source_ + ": " + message); }
+  // A problem of another file than the config (an overlay): `where` names it.
+  void fail_in(const std::string& where, const std::string& message) { errors_.push_back(where + ": " + message); }
 
   void throw_if_failed() const {
     if (errors_.empty()) return;
@@ -208,12 +217,12 @@ class Context {
   }
 
  private:
-  // The override that set `key` or one of the sections around it.
-  const std::string* override_for(const std::string& key) const {
+  // The origin noted for `key` or one of the sections around it.
+  const Origin* origin_of(const std::string& key) const {
     std::string k = key;
     while (true) {
-      auto it = overrides_.find(k);
-      if (it != overrides_.end()) return &it->second;
+      auto it = origins_.find(k);
+      if (it != origins_.end()) return &it->second;
       const size_t dot = k.find_last_of(".[");
       if (dot == std::string::npos) return nullptr;
       k = k.substr(0, dot);
@@ -221,7 +230,7 @@ class Context {
   }
 
   std::string source_;
-  std::map<std::string, std::string> overrides_;
+  std::map<std::string, Origin> origins_;
   std::vector<std::string> errors_;
 };
 
@@ -848,6 +857,40 @@ void read_output(Context& ctx, const YAML::Node& node, OutputSection& o) {
 // ---------------------------------------------------------------------------------------
 // Overrides.
 
+// Sets the dotted `key` of the tree to `value`, creating the sections on the way that are
+// absent or empty; `what` (an override, an overlay) is named when a section on the way is not
+// a mapping. Returns whether the value was written.
+bool write_key(Context& ctx, YAML::Node& root, const std::string& key, const YAML::Node& value, const std::string& what) {
+  std::vector<std::string> parts;
+  for (size_t b = 0;;) {
+    const size_t d = key.find('.', b);
+    parts.push_back(key.substr(b, d == std::string::npos ? std::string::npos : d - b));
+    if (d == std::string::npos) break;
+    b = d + 1;
+  }
+  YAML::Node cur;
+  cur.reset(root);
+  std::string path;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    path = join_key(path, parts[i]);
+    const YAML::Node& const_cur = cur;
+    const YAML::Node child = const_cur[parts[i]];  // a copy binds; it never assigns
+    if (!child.IsDefined() || child.IsNull()) {
+      cur[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      const YAML::Node created = const_cur[parts[i]];
+      cur.reset(created);
+    } else if (!child.IsMap()) {
+      ctx.fail(path, child, "cannot apply " + what + ": '" + path + "' is " + describe_value(child) +
+                                ", not a mapping of keys");
+      return false;
+    } else {
+      cur.reset(child);
+    }
+  }
+  cur[parts.back()] = value;
+  return true;
+}
+
 // Writes "a.b.c=value" into the tree. Errors go to ctx.
 void apply_override(Context& ctx, YAML::Node& root, const std::string& text) {
   const size_t eq = text.find('=');
@@ -886,35 +929,58 @@ void apply_override(Context& ctx, YAML::Node& root, const std::string& text) {
       return;
     }
   }
-  // Walk down to the parent mapping, creating sections that are absent or empty.
-  std::vector<std::string> parts;
-  for (size_t b = 0;;) {
-    const size_t d = key.find('.', b);
-    parts.push_back(key.substr(b, d == std::string::npos ? std::string::npos : d - b));
-    if (d == std::string::npos) break;
-    b = d + 1;
-  }
-  YAML::Node cur;
-  cur.reset(root);
-  std::string path;
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    path = join_key(path, parts[i]);
-    const YAML::Node& const_cur = cur;
-    const YAML::Node child = const_cur[parts[i]];  // a copy binds; it never assigns
-    if (!child.IsDefined() || child.IsNull()) {
-      cur[parts[i]] = YAML::Node(YAML::NodeType::Map);
-      const YAML::Node created = const_cur[parts[i]];
-      cur.reset(created);
-    } else if (!child.IsMap()) {
-      ctx.fail(path, child, "cannot apply the override '" + text + "': '" + path + "' is " + describe_value(child) +
-                                ", not a mapping of keys");
+  if (write_key(ctx, root, key, value, "the override '" + text + "'")) ctx.note_origin(key, {ctx.source(), text});
+}
+
+// Applies the overlay file `source` (a partial config) to the tree: mappings merge where the
+// schema has a section, every other value replaces the one at its dotted key. Errors go to ctx.
+void apply_overlay(Context& ctx, YAML::Node& root, const std::string& yaml_text, const std::string& source) {
+  YAML::Node overlay;
+  try {
+    const std::vector<YAML::Node> docs = YAML::LoadAll(yaml_text);
+    if (docs.size() > 1) {
+      ctx.fail_in(source, "expected one YAML document, got " + std::to_string(docs.size()) + " (separated by '---')");
       return;
-    } else {
-      cur.reset(child);
     }
+    if (!docs.empty()) overlay.reset(docs[0]);
+  } catch (const YAML::Exception& e) {
+    ctx.fail_in(e.mark.is_null() ? source
+                                 : source + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1),
+                "YAML syntax error: " + e.msg);
+    return;
   }
-  cur[parts.back()] = value;
-  ctx.note_override(key, text);
+  if (!overlay.IsDefined() || overlay.IsNull()) return;  // an empty overlay changes nothing
+  const std::vector<std::string> keys = train_config_keys();
+  const auto line_of = [&](const YAML::Node& n) {
+    return n.Mark().is_null() ? source : source + ":" + std::to_string(n.Mark().line + 1);
+  };
+  // Writes the entries of the overlay mapping `node` found at `path` ("" is the top).
+  std::function<void(const YAML::Node&, const std::string&)> merge = [&](const YAML::Node& node, const std::string& path) {
+    const SectionSchema* section = find_section(path);
+    if (!node.IsMap()) {
+      ctx.fail_in(line_of(node), (path.empty() ? std::string() : path + ": ") + "expected a mapping of " +
+                                     (path.empty() ? "sections (" : "keys (") + join(section->keys, ", ") +
+                                     "), got " + describe_value(node));
+      return;
+    }
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? join_key(path, it->first.Scalar()) : std::string();
+      if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+        std::string problem = "unknown key " + quote(key.empty() ? describe_value(it->first) : key);
+        const std::string near = suggest(key, keys);
+        if (!near.empty()) problem += "; did you mean '" + near + "'?";
+        ctx.fail_in(line_of(it->first), problem + " (the overlay's keys are the config's: model.path, train.lr, ...)");
+        continue;
+      }
+      const YAML::Node& value = it->second;
+      if (find_section(key) != nullptr && value.IsMap()) {
+        merge(value, key);
+      } else if (write_key(ctx, root, key, value, "the overlay '" + source + "'")) {
+        ctx.note_origin(key, {source, ""});
+      }
+    }
+  };
+  merge(overlay, "");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1028,7 +1094,7 @@ std::vector<std::string> train_config_keys() {
 }
 
 TrainConfig parse_train_config(std::string_view yaml_text, std::string_view source_name,
-                               const std::vector<std::string>& overrides) {
+                               const std::vector<std::string>& overrides, const std::vector<ConfigOverlay>& overlays) {
   const std::string source(source_name);
   YAML::Node root;
   try {
@@ -1046,6 +1112,7 @@ TrainConfig parse_train_config(std::string_view yaml_text, std::string_view sour
                  describe_value(root));
 
   Context ctx(source);
+  for (const ConfigOverlay& o : overlays) apply_overlay(ctx, root, o.yaml_text, o.source_name);
   for (const auto& o : overrides) apply_override(ctx, root, o);
 
   const YAML::Node& r = root;
@@ -1062,11 +1129,17 @@ TrainConfig parse_train_config(std::string_view yaml_text, std::string_view sour
   return c;
 }
 
-TrainConfig load_train_config(const fs::path& yaml_file, const std::vector<std::string>& overrides) {
+TrainConfig load_train_config(const fs::path& yaml_file, const std::vector<std::string>& overrides,
+                              const std::vector<fs::path>& overlay_files) {
   LMTUNE_CHECK(fs::exists(yaml_file), "training config '", yaml_file.string(), "' does not exist");
   LMTUNE_CHECK(fs::is_regular_file(yaml_file), "training config '", yaml_file.string(), "' is not a file");
   const std::string text = read_file_to_string(yaml_file, "training config");
-  return parse_train_config(text, yaml_file.string(), overrides);
+  std::vector<ConfigOverlay> overlays;
+  for (const fs::path& f : overlay_files) {
+    LMTUNE_CHECK(fs::is_regular_file(f), "config overlay '", f.string(), "' ", fs::exists(f) ? "is not a file" : "does not exist");
+    overlays.push_back({read_file_to_string(f, "config overlay"), f.string()});
+  }
+  return parse_train_config(text, yaml_file.string(), overrides, overlays);
 }
 
 std::string to_yaml(const TrainConfig& c) {

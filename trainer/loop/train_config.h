@@ -16,6 +16,11 @@
 //    the file; the value is parsed as YAML. They are applied to the YAML tree before
 //    validation, so an overridden value is checked exactly like one from the file, and an
 //    error in it says which override it came from.
+//  - Overlays (`lmtune train CONFIG --plan plan.yaml`; the planner writes them) are partial
+//    configs in the same schema, applied after the file and before the overrides: a mapping
+//    merges into the section it names, any other value replaces the one at its key. An
+//    unknown key is an error naming the overlay file and line, and an invalid value from an
+//    overlay is reported at the overlay's line.
 //  - Paths. Relative paths are resolved against the current working directory (as torchtune
 //    does), not the YAML file's directory, and stored absolute, so the resolved config means
 //    the same thing wherever it is read again. Inputs must exist when the config is loaded
@@ -193,13 +198,22 @@ struct TrainConfig {
   bool operator==(const TrainConfig&) const = default;
 };
 
-// Reads `yaml_file`, applies `overrides` ("key.sub=value", value parsed as YAML) and
-// validates the result. Throws lmtune::Error listing every problem found.
-TrainConfig load_train_config(const std::filesystem::path& yaml_file, const std::vector<std::string>& overrides);
+// A partial config applied over the file (see the note); source_name is its file in messages.
+struct ConfigOverlay {
+  std::string yaml_text;
+  std::string source_name;
+};
+
+// Reads `yaml_file`, applies the overlay files in order, then `overrides` ("key.sub=value",
+// value parsed as YAML) and validates the result. Throws lmtune::Error listing every problem
+// found.
+TrainConfig load_train_config(const std::filesystem::path& yaml_file, const std::vector<std::string>& overrides,
+                              const std::vector<std::filesystem::path>& overlay_files = {});
 
 // The same from YAML text; `source_name` stands for the file in error messages.
 TrainConfig parse_train_config(std::string_view yaml_text, std::string_view source_name,
-                               const std::vector<std::string>& overrides);
+                               const std::vector<std::string>& overrides,
+                               const std::vector<ConfigOverlay>& overlays = {});
 
 // The fully resolved config as YAML: every key, defaults filled in, unset optional keys as
 // null. load_train_config() reads it back to an equal TrainConfig.

@@ -1,6 +1,7 @@
 #include "trainer/loop/train_setup.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <thread>
 
@@ -137,8 +138,12 @@ std::unique_ptr<LlamaModel> build_model(const TrainConfig& c, Allocator& alloc) 
 
 int effective_threads(const TrainConfig& c, const RunContext& run) {
   if (c.train.threads > 0) return static_cast<int>(c.train.threads);
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, cores / std::max(1, run.local_world));
+  if (const char* omp = std::getenv("OMP_NUM_THREADS")) {  // what launch, srun scripts or the user chose
+    char* end = nullptr;
+    const long n = std::strtol(omp, &end, 10);
+    if (end != omp && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
+  }
+  return std::max(1, usable_cores() / std::max(1, run.local_world));
 }
 
 TrainConfig resolve_layout(const TrainConfig& config, int world) {

@@ -60,7 +60,8 @@ std::unique_ptr<LlamaModel> build_model(const TrainConfig& config, Allocator& al
 // Where AdamW's moments live: the device's allocator, or the host's under parallel.offload.
 Allocator& optimizer_allocator(const TrainConfig& config, Allocator& device, Allocator& host);
 
-// train.threads, or (0) this node's cores divided by the ranks on it, at least 1.
+// train.threads; or (0) OMP_NUM_THREADS when it is set to a number; or the cores this
+// process may run on (its affinity mask) divided by the ranks on its node, at least 1.
 int effective_threads(const TrainConfig& config, const RunContext& run);
 
 // parallel.dp resolved against the number of ranks: "auto" becomes world / (tp * pp); a

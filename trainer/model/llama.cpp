@@ -381,7 +381,7 @@ std::vector<ParamRef> LlamaModel::parameters() {
   std::vector<ParamRef> out;
   for (int u = 0; u < layout_.num_units(); ++u)
     for (size_t i = 0; i < layout_.units[u].rows.size(); ++i)
-      out.push_back({layout_.units[u].rows[i].name, params_[u][i], grads_[u][i]});
+      out.push_back({layout_.units[u].rows[i].name, params_[u][i], grads_[u][i], {}, 0});
   return out;
 }
 

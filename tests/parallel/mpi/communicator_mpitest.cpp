@@ -167,6 +167,15 @@ TEST(MpiCommunicator, AllGatherInRankOrderEveryDtype) {
     const std::vector<float> got = out.to_f32();
     for (int64_t j = 0; j < p * n; ++j) ASSERT_EQ(got[j], v(static_cast<int>(j / n), j % n)) << j;
   }
+  {  // bytes (NF4 codes), in place
+    auto byte = [](int64_t q, int64_t k) { return static_cast<uint8_t>((q * 37 + k * 11) & 0xff); };
+    auto alloc = Allocator::create(Device::cpu());
+    Tensor out = Tensor::zeros(*alloc, {p * n}, DType::u8, MemCategory::quant);
+    for (int64_t k = 0; k < n; ++k) out.data<uint8_t>()[r * n + k] = byte(r, k);
+    Tensor own = out.view(r * n, {n});
+    world().all_gather(own, out);
+    for (int64_t j = 0; j < p * n; ++j) ASSERT_EQ(out.data<uint8_t>()[j], byte(j / n, j % n)) << j;
+  }
 }
 
 TEST(MpiCommunicator, BroadcastFromEveryRoot) {
