@@ -262,8 +262,8 @@ void make_rank_comms(RankComms& rc, const TrainConfig& config, const RunContext&
     rc.fake = make_fake_groups(ctx.rank, layout);
     rc.env.run = ctx;
     rc.env.world = rc.world.get();
-    rc.env.dp = rc.groups.dp.get();
-    rc.env.meta_dp = rc.fake.dp.get();
+    rc.env.groups = {rc.groups.dp.get(), rc.groups.tp.get(), rc.groups.pp.get()};
+    rc.env.meta_groups = {rc.fake.dp.get(), rc.fake.tp.get(), rc.fake.pp.get()};
   }
   rc.env.build = build_rank_model;
 }

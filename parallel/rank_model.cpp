@@ -6,7 +6,8 @@
 namespace lmtune {
 
 RankModel build_rank_model(const TrainConfig& c, const ModelSource& source, Allocator& device, Allocator& host,
-                           Communicator& dp) {
+                           const RankGroups& groups) {
+  Communicator& dp = *groups.dp;
   const OverlapGradReduce overlap = c.parallel.overlap_grad_reduce ? OverlapGradReduce::on : OverlapGradReduce::off;
   RankModel r;
   if (c.parallel.zero == 0) {

@@ -15,6 +15,6 @@
 namespace lmtune {
 
 RankModel build_rank_model(const TrainConfig& config, const ModelSource& source, Allocator& device, Allocator& host,
-                           Communicator& dp);
+                           const RankGroups& groups);
 
 }  // namespace lmtune

@@ -60,13 +60,13 @@ class Zero3Schedule : public ::testing::Test {
   // One training step of rank 0 of 4 on meta; the allocator's timeline is on.
   struct Step {
     std::unique_ptr<Allocator> alloc = Allocator::create(Device::meta()), host = Allocator::create(Device::meta());
-    std::unique_ptr<Communicator> dp = make_fake_communicator(0, 4);
+    std::unique_ptr<Communicator> dp = make_fake_communicator(0, 4), one = make_fake_communicator(0, 1);
     RankModel rm;
   };
   std::unique_ptr<Step> step(const TrainConfig& c, Zero3Trace* trace = nullptr) {
     auto s = std::make_unique<Step>();
     const ModelSource source(c);
-    s->rm = build_rank_model(c, source, *s->alloc, *s->host, *s->dp);
+    s->rm = build_rank_model(c, source, *s->alloc, *s->host, {s->dp.get(), s->one.get(), s->one.get()});
     if (trace != nullptr) set_zero3_trace(*s->rm.state, trace);
     AdamW adam(s->rm.state->owned(), *s->alloc, {});
     StepEngine engine(*s->rm.model, adam, *s->dp, *s->rm.state, {0, 1.0});

@@ -29,17 +29,25 @@ struct RankModel {
   std::unique_ptr<TrainingState> state;
 };
 
+// This rank's groups of the dp x tp x pp layout (parallel/layout.h): the ranks it shares
+// each dimension with. All three are set (a group of one rank where the dimension is 1).
+struct RankGroups {
+  Communicator* dp = nullptr;
+  Communicator* tp = nullptr;
+  Communicator* pp = nullptr;
+};
+
 // Builds this rank's model (weights from `source`) on `device`, with its training state
-// over `dp`; what the config offloads goes to `host`.
+// over its groups; what the config offloads goes to `host`.
 using RankModelFactory = std::function<RankModel(const TrainConfig& config, const ModelSource& source,
-                                                 Allocator& device, Allocator& host, Communicator& dp)>;
+                                                 Allocator& device, Allocator& host, const RankGroups& groups)>;
 
 struct ParallelEnv {
   RunContext run;
-  Communicator* world = nullptr;    // every rank of the run
-  Communicator* dp = nullptr;       // this rank's data-parallel group
-  Communicator* meta_dp = nullptr;  // a fake communicator of dp's rank and size (meta device)
-  RankModelFactory build;           // empty: a single process with LocalState
+  Communicator* world = nullptr;  // every rank of the run
+  RankGroups groups;              // this rank's groups
+  RankGroups meta_groups;         // fake communicators of the same ranks and sizes (meta device)
+  RankModelFactory build;         // empty: a single process with LocalState
 };
 
 // The environment of a single process: local communicators of one rank.
@@ -49,7 +57,7 @@ class SingleProcess {
   const ParallelEnv& env() const { return env_; }
 
  private:
-  std::unique_ptr<Communicator> world_, meta_;
+  std::unique_ptr<Communicator> world_, meta_;  // every group is one of these two
   ParallelEnv env_;
 };
 

@@ -164,11 +164,12 @@ TrainConfig resolve_layout(const TrainConfig& config, int world) {
   return c;
 }
 
-RankMemoryPrediction predict_rank_memory(const TrainConfig& c, Communicator& meta_dp, const RankModelFactory& build,
+RankMemoryPrediction predict_rank_memory(const TrainConfig& c, const RankGroups& meta, const RankModelFactory& build,
                                          const RankRunShape& run) {
   auto alloc = Allocator::create(Device::meta()), host = Allocator::create(Device::meta());
   const ModelSource source(c);
-  RankModel rm = build ? build(c, source, *alloc, *host, meta_dp) : build_local_model(c, source, *alloc);
+  Communicator& meta_dp = *meta.dp;
+  RankModel rm = build ? build(c, source, *alloc, *host, meta) : build_local_model(c, source, *alloc);
   LlamaModel& model = *rm.model;
   TrainingState& state = *rm.state;
   AdamW adam(state.owned(), optimizer_allocator(c, *alloc, *host), adam_options(c));
@@ -233,7 +234,7 @@ RankMemoryPrediction predict_rank_memory(const TrainConfig& c, Communicator& met
 
 RankMemoryPrediction predict_rank_memory(const TrainConfig& c, const RankRunShape& run) {
   const SingleProcess single;
-  return predict_rank_memory(c, *single.env().meta_dp, single.env().build, run);
+  return predict_rank_memory(c, single.env().meta_groups, single.env().build, run);
 }
 
 Allocator& optimizer_allocator(const TrainConfig& c, Allocator& device, Allocator& host) {

@@ -79,7 +79,7 @@ struct RankRunShape {
                                               // state's forward needs them all)
 };
 
-// The memory of the run of data-parallel rank `meta_dp.rank()` of `meta_dp.size()`: the
+// The memory of the run of the rank whose groups `meta` stands for (fake communicators): the
 // model, its training state (built by `build`, or LocalState when empty) and the optimizer,
 // then its steps (grad_accum_steps micro-batches of (micro_batch_size, seq_len)),
 // evaluations and samples in the run's order — replayed on the meta device with the fake
@@ -89,7 +89,7 @@ struct RankRunShape {
 struct RankMemoryPrediction {
   MemoryStats device, host;
 };
-RankMemoryPrediction predict_rank_memory(const TrainConfig& config, Communicator& meta_dp,
+RankMemoryPrediction predict_rank_memory(const TrainConfig& config, const RankGroups& meta,
                                          const RankModelFactory& build, const RankRunShape& run);
 // The same for a single process.
 RankMemoryPrediction predict_rank_memory(const TrainConfig& config, const RankRunShape& run);

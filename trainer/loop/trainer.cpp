@@ -108,7 +108,7 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
   using Clock = std::chrono::steady_clock;
   const RunContext& run = env.run;
   Communicator& world = *env.world;
-  Communicator& dp = *env.dp;
+  Communicator& dp = *env.groups.dp;
   const bool writer = run.writer();
   if (!writer) progress = Progress::quiet;
   if (progress == Progress::auto_detect) progress = isatty(STDERR_FILENO) ? Progress::bar : Progress::lines;
@@ -171,14 +171,14 @@ TrainSummary train(const TrainConfig& config, Allocator& alloc, Progress progres
 
   // This rank's run, replayed on the meta device (milliseconds; reported at the end).
   const RankMemoryPrediction predicted = predict_rank_memory(
-      c, *env.meta_dp, env.build, {start, total_steps, &data.validation, sample_prompt, writer});
+      c, env.meta_groups, env.build, {start, total_steps, &data.validation, sample_prompt, writer});
 
   // Model, training state, optimizer, step. What parallel.offload moves off the device
   // lives in `host` (on this CPU-only release, another allocator over the same memory).
   LMTUNE_CHECK(alloc.device().is_cpu(), "training runs on the CPU in this release, not on ", alloc.device().str());
   auto host = Allocator::create(Device::cpu());
   const ModelSource source(c);
-  RankModel rm = env.build ? env.build(c, source, alloc, *host, dp) : build_local_model(c, source, alloc);
+  RankModel rm = env.build ? env.build(c, source, alloc, *host, env.groups) : build_local_model(c, source, alloc);
   LlamaModel& model = *rm.model;
   TrainingState& state = *rm.state;
   AdamW adam(state.owned(), optimizer_allocator(c, alloc, *host), adam_options(c));
